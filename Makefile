@@ -1,0 +1,71 @@
+# mncli: `make demo` and `make test` work on a fresh machine; every target builds .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MNCLI := $(VENV)/bin/mncli
+# The torch build this project is tested with; override for another platform, e.g.
+#   make install TORCH_PKGS="torch torchvision"
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+DEMO := demo
+RUNS := runs/fashion-mnist
+JOBS ?= 2
+
+.PHONY: install data test test-fast lint format demo fashion-mnist bench clean help
+
+help:
+	@echo "make demo         install everything, run the compression pipeline on Fashion-MNIST (minutes)"
+	@echo "make test         install everything, run the test suite"
+	@echo "make lint         ruff check + format check"
+	@echo "make fashion-mnist  the full-length Fashion-MNIST track (about an hour on 2 cores)"
+	@echo "make bench        benchmarks; results in bench/results/"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PKGS)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed data
+
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing; install it with: sudo apt-get install dataset-fashion-mnist"; \
+		echo "(or point MNCLI_DATA at a folder holding the four IDX files)"; \
+	fi
+
+test: install
+	$(PY) -m pytest -m "not slow" -p no:cacheprovider
+
+test-all: install
+	$(PY) -m pytest -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format src tests bench examples
+	$(VENV)/bin/ruff check --fix src tests bench examples
+
+# The demo: a small network through every stage on Fashion-MNIST, in a few minutes on 2 CPU cores.
+demo: install
+	bash examples/demo.sh $(DEMO)
+
+# The full-length Fashion-MNIST track of shared/design/BENCHMARKS.md.
+fashion-mnist: install
+	bash examples/fashion_mnist.sh $(RUNS)
+
+bench: install
+	$(PY) bench/train_throughput.py
+	$(PY) bench/score_at_scale.py
+
+clean:
+	rm -rf $(DEMO) runs .pytest_cache .ruff_cache

@@ -1,0 +1,96 @@
+"""The `mncli` root command. Each subcommand lives in its own module `cli/cmd_<name>.py` with a
+`register(app)` function; torch is imported inside the commands so `mncli --help` stays instant."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import typer
+
+from mncli import __version__
+from mncli.cli import output
+from mncli.errors import MncliError
+
+app = typer.Typer(
+    name="mncli",
+    help=(
+        "Turn neural networks into tiny ones and score them by the MicroNet Challenge rules.\n\n"
+        "Every stage reads and writes one .safetensors artifact with a JSON manifest:\n\n"
+        "  mncli train --arch resnet20 --dataset fashion-mnist -o fp.safetensors\n\n"
+        "  mncli prune fp.safetensors --method agp --sparsity 0.8 --dataset fashion-mnist -o p.safetensors\n\n"
+        "  mncli score p.safetensors"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Order is the order of `mncli --help`.
+COMMANDS = [
+    "models", "inspect", "verify", "import", "export",
+    "train", "eval", "score",
+    "prune", "ternarize", "quantize", "search", "scale", "report",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"mncli {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the output path; no logs."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
+) -> None:
+    output.set_verbosity(verbose=verbose, quiet=quiet)
+
+
+for _name in COMMANDS:
+    try:
+        _module = importlib.import_module(f"mncli.cli.cmd_{_name}")
+    except ModuleNotFoundError as exc:  # a command still being written must not break the others
+        if exc.name != f"mncli.cli.cmd_{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; turn errors into one line on stderr and an exit code (2 bad input, 1 runtime).
+
+    Usage errors (unknown option, bad value) are Typer's own: it prints them and exits with 2."""
+    try:
+        app(args=argv, prog_name="mncli")
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except MncliError as exc:
+        if output.is_verbose():
+            traceback.print_exc()
+        output.stderr.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        if exc.hint:
+            output.stderr.print(f"hint: {exc.hint}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        output.stderr.print("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if output.is_verbose():
+            traceback.print_exc()
+        else:
+            output.stderr.print(
+                f"[red]error:[/red] unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)",
+                highlight=False,
+            )
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())

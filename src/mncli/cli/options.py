@@ -1,0 +1,48 @@
+"""Option types shared by the commands, named once so every stage spells them the same way.
+
+Use as annotations: `def cmd(inp: InputArtifact, out: OutputArtifact, as_json: Json = False)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+InputArtifact = Annotated[Path, typer.Argument(help="Input artifact (.safetensors).", show_default=False)]
+OutputArtifact = Annotated[
+    Path, typer.Option("-o", "--out", help="Output artifact (.safetensors); written atomically.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+Dataset = Annotated[
+    str,
+    typer.Option(
+        "--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic."
+    ),
+]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where datasets are looked for first (then $MNCLI_DATA).")
+]
+Download = Annotated[bool, typer.Option("--download", help="Download the dataset with torchvision if missing.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (data order, init, splits).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Subset = Annotated[
+    int | None, typer.Option("--subset", help="Use only the first N training images (seeded) for quick trials.")
+]
+Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size per process.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd (nesterov), adam or adamw.")]
+Schedule = Annotated[str, typer.Option("--schedule", help="cosine, onecycle, step or constant.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay (not on BN, biases, scales).")]
+Teacher = Annotated[
+    Path | None, typer.Option("--teacher", help="Teacher artifact for knowledge distillation.")
+]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt/ where a killed run stopped.")]
+Recipe = Annotated[
+    Path | None, typer.Option("--recipe", help="YAML or JSON file of per-layer settings with glob patterns.")
+]
+ArchOpt = Annotated[
+    list[str] | None, typer.Option("--arch-opt", help="Architecture argument as key=value (repeatable).")
+]
