@@ -19,7 +19,7 @@ app = typer.Typer(
         "Turn neural networks into tiny ones and score them by the MicroNet Challenge rules.\n\n"
         "Every stage reads and writes one .safetensors artifact with a JSON manifest:\n\n"
         "  mncli train --arch resnet20 --dataset fashion-mnist -o fp.safetensors\n\n"
-        "  mncli prune fp.safetensors --method agp --sparsity 0.8 --dataset fashion-mnist -o p.safetensors\n\n"
+        "  mncli prune fp.safetensors --sparsity 0.8 --dataset fashion-mnist -o p.safetensors\n\n"
         "  mncli score p.safetensors"
     ),
     no_args_is_help=True,
@@ -30,9 +30,20 @@ app = typer.Typer(
 
 # Order is the order of `mncli --help`.
 COMMANDS = [
-    "models", "inspect", "verify", "import", "export",
-    "train", "eval", "score",
-    "prune", "ternarize", "quantize", "search", "scale", "report",
+    "models",
+    "inspect",
+    "verify",
+    "import",
+    "export",
+    "train",
+    "eval",
+    "score",
+    "prune",
+    "ternarize",
+    "quantize",
+    "search",
+    "scale",
+    "report",
 ]
 
 

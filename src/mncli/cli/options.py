@@ -17,25 +17,26 @@ OutputArtifact = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 Dataset = Annotated[
     str,
-    typer.Option(
-        "--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic."
-    ),
+    typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic."),
 ]
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Where datasets are looked for first (then $MNCLI_DATA).")
 ]
-Download = Annotated[bool, typer.Option("--download", help="Download the dataset with torchvision if missing.")]
+Download = Annotated[bool, typer.Option("--download", help="Download with torchvision if missing.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (data order, init, splits).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Subset = Annotated[
-    int | None, typer.Option("--subset", help="Use only the first N training images (seeded) for quick trials.")
+    int | None,
+    typer.Option("--subset", help="Use only N training images (seeded), for quick trials."),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size per process.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd (nesterov), adam or adamw.")]
 Schedule = Annotated[str, typer.Option("--schedule", help="cosine, onecycle, step or constant.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay (not on BN, biases, scales).")]
+WeightDecay = Annotated[
+    float, typer.Option("--weight-decay", "--wd", help="Weight decay (not on BN, bias, scales).")
+]
 Teacher = Annotated[
     Path | None, typer.Option("--teacher", help="Teacher artifact for knowledge distillation.")
 ]

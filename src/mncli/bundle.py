@@ -1,0 +1,196 @@
+"""A model with its architecture and per-layer compression specs: what every stage reads and writes.
+
+`load_bundle` turns an artifact back into a runnable model (decoded real values, activation
+quantizers re-attached); `save_bundle` writes one, with parents, lineage and the MicroNet score
+recorded, so any artifact in a chain says where it came from and what it costs.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from mncli import __version__
+from mncli.cli.output import log
+from mncli.errors import BadInput, MncliError
+
+
+@dataclass
+class Bundle:
+    model: nn.Module | None
+    arch: dict
+    specs: dict[str, dict] = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    path: Path | None = None
+    weights: bool = True  # False for an architecture-only artifact (freshly initialised model)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        from mncli.models import input_shape
+
+        return input_shape(self.arch)
+
+
+def bundle_from_arch(name: str, args: dict | None = None) -> Bundle:
+    """A freshly initialised model of a registered architecture."""
+    from mncli.models import create_model
+
+    model = create_model(name, **(args or {}))
+    return Bundle(model=model, arch=copy.deepcopy(model.arch))
+
+
+def _needs_act_quantizers(specs: dict[str, dict]) -> bool:
+    return any(int(s.get("act", {}).get("bits", 32)) < 32 for s in specs.values())
+
+
+def attach_specs(model: nn.Module, specs: dict[str, dict]) -> None:
+    """Install what the specs say lives beside the weights (activation quantizers)."""
+    if _needs_act_quantizers(specs):
+        from mncli.compress.actquant import install_act_quantizers
+
+        install_act_quantizers(model, specs)
+
+
+def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
+    """Read an artifact into a runnable model (eval mode, CPU).
+
+    An architecture-only artifact (search output) gives a freshly initialised model, or a
+    BadInput when the caller needs trained weights.
+    """
+    from mncli.artifact import codec, load_artifact
+    from mncli.models import build_model
+
+    path = Path(path)
+    tensors, manifest = load_artifact(path)
+    arch = manifest.get("arch")
+    if not isinstance(arch, dict) or "name" not in arch:
+        raise BadInput(f"{path} has no architecture in its manifest")
+    specs = dict(manifest.get("compression", {}).get("layers", {}) or {})
+    if not tensors and require_weights:
+        raise BadInput(
+            f"{path} is architecture-only (no weights)",
+            hint=f"train it first: mncli train {path} --dataset D -o trained.safetensors",
+        )
+    model = build_model(arch)
+    attach_specs(model, specs)
+    if tensors:
+        state = codec.decode_state(tensors, specs)
+        result = model.load_state_dict(state, strict=False)
+        problems = list(result.missing_keys) + list(result.unexpected_keys)
+        if problems:
+            raise BadInput(
+                f"{path}: weights do not fit architecture {arch['name']}: "
+                f"missing {list(result.missing_keys)[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
+            )
+    model.eval()
+    return Bundle(
+        model=model,
+        arch=copy.deepcopy(arch),
+        specs=specs,
+        manifest=manifest,
+        path=path,
+        weights=bool(tensors),
+    )
+
+
+def _env() -> dict:
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _lineage(bundle: Bundle) -> tuple[list[dict], list[dict]]:
+    if bundle.path is None or not bundle.manifest:
+        return [], list(bundle.manifest.get("lineage", []))
+    parent = {
+        "path": str(bundle.path),
+        "content_sha256": bundle.manifest.get("content_sha256"),
+        "stage": bundle.manifest.get("stage"),
+    }
+    lineage = list(bundle.manifest.get("lineage", []))
+    lineage.append({"stage": parent["stage"], "content_sha256": parent["content_sha256"]})
+    return [parent], lineage
+
+
+def score_summary(model: nn.Module, specs: dict, arch: dict, dataset: str | None) -> dict | None:
+    """The MicroNet score of a model, as recorded in manifests (params, ops, score, task)."""
+    from mncli.models import input_shape
+    from mncli.scoring import score_model
+
+    task = "imagenet" if dataset == "imagenet" else "cifar100"
+    report = score_model(model, specs, input_shape=input_shape(arch), task=task)
+    keys = ("params", "mults", "adds", "ops", "score")
+    summary = {k: report[k] for k in keys if k in report}
+    summary["task"] = task
+    return summary
+
+
+def save_bundle(
+    bundle: Bundle,
+    out: Path | str,
+    *,
+    stage: str,
+    params: dict | None = None,
+    metrics: dict | None = None,
+    data: dict | None = None,
+    seed: int | None = None,
+    compression: dict | None = None,
+    weights: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Write a bundle as an artifact; returns the manifest written.
+
+    `compression` holds stage-level facts (method, hyper-parameters) recorded beside the per-layer
+    specs; `extra` adds top-level manifest sections (a search's probabilities, a grid's points).
+    The score is recorded under metrics["score"] unless the caller already put it there.
+    """
+    from mncli.artifact import codec, save_artifact
+
+    out = Path(out)
+    if bundle.path is not None and out.resolve() == Path(bundle.path).resolve():
+        raise BadInput(
+            f"output {out} is the input file", hint="write to a new path; inputs are never modified"
+        )
+    metrics = dict(metrics or {})
+    tensors = {}
+    if weights and bundle.model is not None:
+        model = bundle.model
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors = codec.encode_state(state, bundle.specs)
+        if "score" not in metrics:
+            try:
+                metrics["score"] = score_summary(
+                    model, bundle.specs, bundle.arch, (data or {}).get("dataset")
+                )
+            except MncliError as exc:  # a model the counter cannot trace still gets saved
+                log(f"warning: not scored: {exc.message}")
+                metrics["score"] = {"error": exc.message}
+    parents, lineage = _lineage(bundle)
+    manifest = {
+        "stage": stage,
+        "mncli_version": __version__,
+        "command": "mncli " + " ".join(sys.argv[1:]) if sys.argv and "mncli" in sys.argv[0] else None,
+        "params": params or {},
+        "seed": seed,
+        "arch": bundle.arch,
+        "parents": parents,
+        "lineage": lineage,
+        "data": data or {},
+        "metrics": metrics,
+        "compression": {**(compression or {}), "layers": bundle.specs},
+        "env": _env(),
+    }
+    manifest.update(extra or {})
+    return save_artifact(out, tensors, manifest)
