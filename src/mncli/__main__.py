@@ -1,0 +1,3 @@
+from mncli.cli.app import entry
+
+entry()

@@ -1,0 +1,126 @@
+"""`mncli export`: an artifact's real-valued weights as a PyTorch state dict or a TorchScript module."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mncli.cli import output
+from mncli.cli.options import InputArtifact, Json
+
+HELP = """Export an artifact's weights or its whole model for plain PyTorch.
+
+The weights are its real values (pruned zeros, ternary and n-bit weights decoded to floats).
+state-dict: loadable with torch.load(weights_only=True), activation quantizer scales included
+(`*.act_quant.scale`); torchscript: torch.jit.load(PATH);
+torch-export: torch.export.load(PATH).module(). Programs run without mncli at the model's native
+input size, with any batch size.
+
+Example:
+
+  mncli export q.safetensors -o model.pt
+
+  mncli export q.safetensors -o model.ts --format torchscript
+
+  mncli export q.safetensors -o model.pt2 --format torch-export
+"""
+
+FORMATS = ("state-dict", "torchscript", "torch-export")
+
+
+def _atomic_write(out: Path, write) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=out.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; an export is an ordinary file
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _torch_export(model, example, name: str):
+    import torch
+
+    from mncli.errors import RuntimeFailure
+
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception:  # noqa: BLE001 - fall back to a fixed batch size of one
+        pass
+    try:
+        return torch.export.export(model, (example[:1],))
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeFailure(f"cannot export {name} with torch.export: {exc}") from exc
+
+
+def export_model(inp: Path, out: Path, fmt: str) -> dict:
+    import torch
+
+    from mncli.bundle import load_bundle
+    from mncli.errors import BadInput, RuntimeFailure
+
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown export format {fmt!r}", hint="use " + " or ".join(FORMATS))
+    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
+        raise BadInput(f"output {out} is the input file", hint="write to a new path")
+    bundle = load_bundle(inp)
+    model = bundle.model.eval()
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    example = torch.zeros(2, *bundle.input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        if fmt == "state-dict":
+            _atomic_write(out, lambda tmp: torch.save(state, tmp))
+        elif fmt == "torchscript":
+            try:
+                with torch.no_grad():
+                    traced = torch.jit.trace(model, example, check_trace=False)
+            except Exception as exc:  # noqa: BLE001 - tracing failures come in many types
+                raise RuntimeFailure(f"cannot trace {bundle.arch['name']} to TorchScript: {exc}") from exc
+            _atomic_write(out, lambda tmp: torch.jit.save(traced, tmp))
+        else:
+            program = _torch_export(model, example, bundle.arch["name"])
+            _atomic_write(out, lambda tmp: torch.export.save(program, tmp))
+    return {
+        "output": str(out),
+        "format": fmt,
+        "arch": bundle.arch,
+        "input_shape": list(bundle.input_shape),
+        "tensors": len(state),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export", help=HELP)
+    def export(
+        inp: InputArtifact,
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output file (.pt); written atomically.")],
+        fmt: Annotated[
+            str, typer.Option("--format", "-f", help="state-dict, torchscript or torch-export.")
+        ] = "state-dict",
+        as_json: Json = False,
+    ) -> None:
+        from rich.table import Table
+
+        result = export_model(inp, out, fmt)
+        table = Table(title=f"exported {inp.name}", show_header=False)
+        table.add_column("key")
+        table.add_column("value")
+        for key in ("output", "format", "tensors", "params"):
+            table.add_row(key, f"{result[key]:,}" if isinstance(result[key], int) else str(result[key]))
+        table.add_row("input", "x".join(str(s) for s in result["input_shape"]))
+        output.emit(result, as_json=as_json, table=table, out_path=str(out))
