@@ -8,14 +8,11 @@ recorded, so any artifact in a chain says where it came from and what it costs.
 from __future__ import annotations
 
 import copy
-import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from mncli import __version__
 from mncli.cli.output import log
 from mncli.errors import BadInput, MncliError
 
@@ -44,13 +41,10 @@ def bundle_from_arch(name: str, args: dict | None = None) -> Bundle:
     return Bundle(model=model, arch=copy.deepcopy(model.arch))
 
 
-def _needs_act_quantizers(specs: dict[str, dict]) -> bool:
-    return any(int(s.get("act", {}).get("bits", 32)) < 32 for s in specs.values())
-
-
 def attach_specs(model: nn.Module, specs: dict[str, dict]) -> None:
-    """Install what the specs say lives beside the weights (activation quantizers)."""
-    if _needs_act_quantizers(specs):
+    """Install what the specs say lives beside the weights: activation quantizers and the
+    `weight_scale` buffers of int layers, as placeholders that load_state_dict fills."""
+    if specs:
         from mncli.compress.actquant import install_act_quantizers
 
         install_act_quantizers(model, specs)
@@ -98,32 +92,6 @@ def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
     )
 
 
-def _env() -> dict:
-    import torch
-
-    env = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import torchvision
-
-        env["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    return env
-
-
-def _lineage(bundle: Bundle) -> tuple[list[dict], list[dict]]:
-    if bundle.path is None or not bundle.manifest:
-        return [], list(bundle.manifest.get("lineage", []))
-    parent = {
-        "path": str(bundle.path),
-        "content_sha256": bundle.manifest.get("content_sha256"),
-        "stage": bundle.manifest.get("stage"),
-    }
-    lineage = list(bundle.manifest.get("lineage", []))
-    lineage.append({"stage": parent["stage"], "content_sha256": parent["content_sha256"]})
-    return [parent], lineage
-
-
 def score_summary(model: nn.Module, specs: dict, arch: dict, dataset: str | None) -> dict | None:
     """The MicroNet score of a model, as recorded in manifests (params, ops, score, task)."""
     from mncli.models import input_shape
@@ -149,6 +117,7 @@ def save_bundle(
     compression: dict | None = None,
     weights: bool = True,
     extra: dict | None = None,
+    device: str | None = None,
 ) -> dict:
     """Write a bundle as an artifact; returns the manifest written.
 
@@ -156,7 +125,7 @@ def save_bundle(
     specs; `extra` adds top-level manifest sections (a search's probabilities, a grid's points).
     The score is recorded under metrics["score"] unless the caller already put it there.
     """
-    from mncli.artifact import codec, save_artifact
+    from mncli.artifact import codec, lineage_from, new_manifest, parent_entry, save_artifact
 
     out = Path(out)
     if bundle.path is not None and out.resolve() == Path(bundle.path).resolve():
@@ -177,20 +146,20 @@ def save_bundle(
             except MncliError as exc:  # a model the counter cannot trace still gets saved
                 log(f"warning: not scored: {exc.message}")
                 metrics["score"] = {"error": exc.message}
-    parents, lineage = _lineage(bundle)
-    manifest = {
-        "stage": stage,
-        "mncli_version": __version__,
-        "command": "mncli " + " ".join(sys.argv[1:]) if sys.argv and "mncli" in sys.argv[0] else None,
-        "params": params or {},
-        "seed": seed,
-        "arch": bundle.arch,
-        "parents": parents,
-        "lineage": lineage,
-        "data": data or {},
-        "metrics": metrics,
-        "compression": {**(compression or {}), "layers": bundle.specs},
-        "env": _env(),
-    }
+    parents: list[dict] = []
+    if bundle.path is not None and bundle.manifest.get("content_sha256"):
+        parents = [parent_entry(bundle.path, bundle.manifest, out)]
+    manifest = new_manifest(
+        stage,
+        arch=bundle.arch,
+        params=params or {},
+        seed=seed,
+        parents=parents,
+        lineage=lineage_from([(parents[0], bundle.manifest)]) if parents else [],
+        data=data or {},
+        metrics=metrics,
+        compression={**(compression or {}), "layers": bundle.specs},
+        device=device,
+    )
     manifest.update(extra or {})
     return save_artifact(out, tensors, manifest)

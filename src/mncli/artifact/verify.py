@@ -1,0 +1,104 @@
+"""`verify_artifact`: recompute the content hash, validate the manifest, decode the stored weights,
+compare the sidecar, and check the parents still on disk and the lineage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mncli.artifact.codec import decode_state
+from mncli.artifact.hashing import hash_entries
+from mncli.artifact.io import file_content_sha256, read_raw, read_tensor_data, sidecar_path, tensors_from_raw
+from mncli.artifact.manifest import resolve_parent
+from mncli.artifact.schema import validate
+from mncli.errors import BadInput
+
+
+def _sidecar(path: Path, manifest: Any) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {"path": str(side), "status": "missing", "ok": True}
+    try:
+        same = json.loads(side.read_text(encoding="utf-8")) == manifest
+    except (OSError, ValueError):
+        return {"path": str(side), "status": "unreadable", "ok": False}
+    return {"path": str(side), "status": "ok" if same else "differs", "ok": same}
+
+
+def _parent(path: Path, entry: dict) -> dict:
+    recorded = entry.get("content_sha256")
+    out = {"path": entry.get("path"), "resolved": None, "recorded": recorded, "computed": None}
+    found = resolve_parent(path, str(entry.get("path", "")))
+    if found is None:
+        return {**out, "status": "missing", "ok": True}
+    out["resolved"] = str(found)
+    try:
+        out["computed"] = file_content_sha256(found)
+    except BadInput as exc:
+        return {**out, "status": f"unreadable: {exc.message}", "ok": False}
+    ok = out["computed"] == recorded
+    return {**out, "status": "ok" if ok else "mismatch", "ok": ok}
+
+
+def _lineage(manifest: dict, parents: list[dict]) -> list[str]:
+    """Every parent must be in the lineage, and so must every ancestor a parent on disk records."""
+    known = {a.get("content_sha256") for a in manifest.get("lineage") or [] if isinstance(a, dict)}
+    errors = [f"parent {p['path']} is not in the lineage" for p in parents if p["recorded"] not in known]
+    for p in parents:
+        if p["status"] != "ok":
+            continue
+        parent_manifest, _, _ = read_raw(p["resolved"])
+        for a in parent_manifest.get("lineage") or []:
+            if a.get("content_sha256") not in known:
+                errors.append(
+                    f"ancestor {a.get('stage')} {a.get('content_sha256', '')[:12]} of {p['path']} is missing"
+                )
+    return errors
+
+
+def verify_artifact(path: str | os.PathLike) -> dict:
+    """A report of every check; report["ok"] is False when any of them failed. Missing parents and a
+    missing sidecar are reported, not failures (artifacts get copied around alone). BadInput when the
+    file is not a readable artifact at all."""
+    path = Path(path)
+    manifest, entries, data_start = read_raw(path)
+    raw = list(read_tensor_data(path, entries, data_start))
+    computed = hash_entries((n, d, s, memoryview(b)) for n, d, s, b in raw)
+    schema_errors = validate(manifest)
+    good = isinstance(manifest, dict)
+    recorded = manifest.get("content_sha256") if good else None
+    try:
+        specs = ((manifest.get("compression") or {}).get("layers") or {}) if good else {}
+        decode_state(tensors_from_raw(raw), specs if isinstance(specs, dict) else {})
+        decoded: dict = {"ok": True, "count": len(raw), "error": None}
+    except (BadInput, AttributeError, TypeError) as exc:
+        decoded = {"ok": False, "count": len(raw), "error": getattr(exc, "message", str(exc))}
+    parents = [
+        _parent(path, p) for p in (manifest.get("parents") or [] if good else []) if isinstance(p, dict)
+    ]
+    lineage_errors = _lineage(manifest, parents) if good and not schema_errors else []
+    report = {
+        "path": str(path),
+        "stage": manifest.get("stage") if good else None,
+        "content_sha256": {"ok": computed == recorded, "recorded": recorded, "computed": computed},
+        "schema": {"ok": not schema_errors, "errors": schema_errors},
+        "tensors": decoded,
+        "sidecar": _sidecar(path, manifest),
+        "parents": parents,
+        "lineage": {"ok": not lineage_errors, "errors": lineage_errors},
+    }
+    problems = []
+    if not report["content_sha256"]["ok"]:
+        problems.append("content hash mismatch: the tensor data differs from what was written")
+    problems += [f"schema: {e}" for e in schema_errors]
+    if not decoded["ok"]:
+        problems.append(f"tensors: {decoded['error']}")
+    if not report["sidecar"]["ok"]:
+        problems.append(f"sidecar {report['sidecar']['path']} {report['sidecar']['status']}")
+    problems += [f"parent {p['path']}: {p['status']}" for p in parents if not p["ok"]]
+    problems += [f"lineage: {e}" for e in lineage_errors]
+    report["ok"] = not problems
+    report["problems"] = problems
+    return report
