@@ -1,0 +1,180 @@
+"""`mncli score`: the MicroNet Challenge score of an artifact or of an architecture, per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mncli.cli import output
+from mncli.cli.options import ArchOpt, Json
+
+HELP = """Score a model by the MicroNet Challenge rules: params/params_baseline + ops/ops_baseline.
+
+Counts come from tracing the real model (every conv, linear, batch norm, activation, residual add, \
+squeeze-excite gate and pooling) with each layer's real bits and measured sparsity; the bits a layer \
+claims are checked against its values. Multiplications and additions are counted separately.
+
+Examples:
+
+  mncli score q.safetensors
+
+  mncli score q.safetensors --json | jq .score
+
+  mncli score --arch wrn-28-10 --dataset cifar100
+
+  mncli score --arch efficientnet-b0 --dataset imagenet --freebie16
+
+  mncli score --arch mbconv --arch-opt width_mult=0.5 --dataset cifar100
+"""
+
+
+def _fmt(value: float) -> str:
+    """Three significant digits: 401k, 38.6G, 1.20M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            scaled = value / size
+            return f"{scaled:.3g}{unit}" if scaled < 100 else f"{scaled:.0f}{unit}"
+    return f"{value:.3g}" if value != int(value) else f"{int(value)}"
+
+
+def _bits(layer: dict) -> str:
+    """Weight format / input activation bits of a layer with weights."""
+    if layer["weight_format"] is None:
+        return "-"
+    return f"{layer['weight_format']}/{layer['act_bits']}"
+
+
+def build_table(result: dict):
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    title = f"MicroNet score of {result['model']['name']} ({result['source']})"
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, header_style="bold", collapse_padding=True, pad_edge=False
+    )
+    table.add_column("layer", overflow="fold", min_width=16)
+    for column in ("type", "output", "sparse", "w/a bits", "params", "mults", "adds"):
+        justify = "left" if column in ("type", "output") else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for layer in result["layers"]:
+        sparsity = layer["sparsity"]
+        table.add_row(
+            layer["name"],
+            layer["type"],
+            "x".join(str(s) for s in layer["shape"]),
+            "-" if sparsity is None else f"{100 * sparsity:.1f}%",
+            _bits(layer),
+            _fmt(layer["params"]),
+            _fmt(layer["mults"]),
+            _fmt(layer["adds"]),
+        )
+    table.add_section()
+    table.add_row(
+        "total",
+        "",
+        "",
+        "",
+        "",
+        "",
+        _fmt(result["params"]),
+        _fmt(result["mults"]),
+        _fmt(result["adds"]),
+        style="bold",
+    )
+    base = result["baseline"]
+    lines = [
+        f"task {result['task']['label']}, baseline {base['name']}: {_fmt(base['params'])} params, "
+        f"{_fmt(base['ops'])} ops",
+        f"params {result['params']:,.0f} ({result['storage_mb']:.3f} MB) -> {result['params_score']:.4f}",
+        f"ops {result['ops']:,.0f} = {result['mults']:,.0f} mults + {result['adds']:,.0f} adds "
+        f"-> {result['ops_score']:.4f}",
+    ]
+    conv = result["conventions"]
+    lines.append(
+        f"conventions: {conv['params']}, adds at {conv['add_bits']} bits, ternary {conv['ternary_storage']}"
+        f"/{conv['ternary_mults']}"
+    )
+    lines += [f"claim: {claim}" for claim in result["claims"]]
+    lines += [f"warning: {warning}" for warning in result["warnings"]]
+    if not result["verified"]:
+        lines.append("no weight values: counted dense, claims not verified")
+    accuracy = result.get("accuracy")
+    if accuracy:
+        verdict = "meets" if accuracy["meets_target"] else "misses"
+        lines.append(
+            f"test top-1 {accuracy['test_top1']:.2f}% {verdict} the {accuracy['target']:.1f}% target"
+        )
+    score_line = Text(f"score {result['score']:.4f}", style="bold green")
+    return Group(table, Text("\n".join(lines)), score_line)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score", help=HELP, no_args_is_help=True)
+    def score(
+        artifact: Annotated[
+            Path | None, typer.Argument(help="Artifact to score (.safetensors).", show_default=False)
+        ] = None,
+        arch: Annotated[
+            str | None, typer.Option("--arch", help="Score an architecture without weights (e.g. wrn-28-10).")
+        ] = None,
+        arch_opt: ArchOpt = None,
+        dataset: Annotated[
+            str | None,
+            typer.Option(
+                "--dataset",
+                "-d",
+                help="cifar100 or imagenet (fashion-mnist, mnist, cifar10 are scored against the cifar100 "
+                "constants). Sets classes, channels and resolution with --arch. Default: the artifact's.",
+            ),
+        ] = None,
+        add_bits: Annotated[
+            int,
+            typer.Option(
+                "--add-bits", help="Accumulator bits of additions; below 32 is reported as a claim."
+            ),
+        ] = 32,
+        freebie16: Annotated[
+            bool,
+            typer.Option(
+                "--freebie16", help="Count params and mults at 16 bits (refused if anything is below 16)."
+            ),
+        ] = False,
+        ternary_storage: Annotated[
+            str,
+            typer.Option("--ternary-storage", help="codes2 (official: 2 bits per non-zero + mask) or sign1."),
+        ] = "codes2",
+        ternary_mults: Annotated[
+            str,
+            typer.Option(
+                "--ternary-mults", help="dense (official) or factorized (EC2T: 2 mults per output)."
+            ),
+        ] = "dense",
+        infer: Annotated[
+            bool,
+            typer.Option("--infer", help="Derive weight bits/ternary structure from the values themselves."),
+        ] = False,
+        as_json: Json = False,
+    ) -> None:
+        from mncli.models import parse_arch_opts
+        from mncli.stages.score import ScoreConfig, run
+
+        cfg = ScoreConfig(
+            artifact=artifact,
+            arch=arch,
+            arch_opts=parse_arch_opts(arch_opt),
+            dataset=dataset,
+            add_bits=add_bits,
+            freebie16=freebie16,
+            ternary_storage=ternary_storage,
+            ternary_mults=ternary_mults,
+            infer=infer,
+        )
+        result = run(cfg)
+        from mncli.scoring import summary
+
+        output.log(summary(result))
+        output.emit(result, as_json=as_json, table=None if as_json else build_table(result))

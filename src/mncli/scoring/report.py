@@ -1,0 +1,153 @@
+"""Task constants and the score report: totals, baseline, conventions, accuracy and per-layer rows."""
+
+from __future__ import annotations
+
+from mncli.errors import BadInput
+from mncli.scoring.rules import Options, Row
+
+# Fixed normalisation constants of the MicroNet Challenge (never recomputed; SCORING.md).
+TASKS = {
+    "cifar100": {"baseline": "WideResNet-28-10", "params": 36.5e6, "ops": 10.49e9, "target": 80.0},
+    "imagenet": {"baseline": "MobileNetV2-1.4 (224 px)", "params": 6.9e6, "ops": 1170e6, "target": 75.0},
+}
+OTHER_DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
+
+
+def resolve_task(task: str) -> tuple[str, str]:
+    """(constants used, label): other datasets are scored against the cifar100 constants, labelled so."""
+    name = (task or "cifar100").lower()
+    if name in TASKS:
+        return name, name
+    if name in OTHER_DATASETS:
+        return "cifar100", f"{name} (scored against the cifar100 constants)"
+    raise BadInput(f"unknown task {task!r}", hint="cifar100 or imagenet (or fashion-mnist, mnist, cifar10)")
+
+
+def accuracy_block(test_accuracy: float | None, constants: str) -> dict | None:
+    """Recorded test accuracy (a fraction or a percentage) against the task's target."""
+    if test_accuracy is None:
+        return None
+    percent = float(test_accuracy) * 100 if float(test_accuracy) <= 1.0 else float(test_accuracy)
+    target = TASKS[constants]["target"]
+    return {
+        "test_top1": round(percent, 4),
+        "target": target,
+        "target_task": constants,
+        "meets_target": percent >= target,
+    }
+
+
+def conventions(opts: Options) -> dict:
+    return {
+        "rules": "MicroNet Challenge final rules (2019-09): mults and adds counted separately, per example",
+        "params": "16-bit freebie (params and mults at 16 bits)"
+        if opts.freebie16
+        else "each value at its bits",
+        "mults": "weighted by max(weight bits, input activation bits)/32"
+        + ("; 16 bits with the freebie" if opts.freebie16 else ""),
+        "add_bits": opts.add_bits,
+        "add_bits_is_claim": opts.add_bits < 32,
+        "sparse_storage": "nnz*bits + 1-bit mask over all n for any tensor with an exact zero; biases dense",
+        "batch_norm": "a bias: c values, one add per element; a conv bias followed by BN merges into it",
+        "ternary_storage": opts.ternary_storage,
+        "ternary_mults": opts.ternary_mults,
+        "activation_quantizers": "scales counted as parameters; the rescale is folded into the layer",
+        "relu6_hardtanh": "booked as relu (1 mult per element)",
+        "pooling": "max pool comparisons booked as adds",
+        "constant_ops": "ops on weights and constants only are folded at deployment (free)",
+    }
+
+
+def layer_dict(row: Row) -> dict:
+    return {
+        "name": row.name,
+        "type": row.type,
+        "op": row.op,
+        "shape": list(row.shape),
+        "params": row.params,
+        "mults": row.mults,
+        "adds": row.adds,
+        "sparsity": row.sparsity,
+        "weight_format": row.weight_format,
+        "weight_bits": row.weight_bits,
+        "act_bits": row.act_bits,
+        "storage_bits": row.param_bits,
+        "raw_params": row.raw_params,
+        "raw_mults": row.raw_mults,
+        "raw_adds": row.raw_adds,
+        "mult_bits": row.mult_bits,
+        "add_bits": row.add_bits,
+    }
+
+
+def build_report(
+    rows: list[Row],
+    *,
+    task: str,
+    opts: Options,
+    input_shape: tuple[int, ...],
+    test_accuracy: float | None = None,
+    verified: bool = True,
+    warnings: list[str] | None = None,
+) -> dict:
+    constants, label = resolve_task(task)
+    base = TASKS[constants]
+    bits = sum(r.param_bits for r in rows)
+    params = bits / 32
+    mults = sum(r.mults for r in rows)
+    adds = sum(r.adds for r in rows)
+    ops = mults + adds
+    claims = []
+    if opts.add_bits < 32:
+        claims.append(
+            f"additions counted at {opts.add_bits} bits: a claim that the model accumulates in them"
+        )
+    for row in rows:
+        if row.add_bits < opts.add_bits:
+            claims.append(f"{row.name}: {row.add_bits}-bit accumulator (spec acc_bits, overflow-checked)")
+    return {
+        "params": params,
+        "mults": mults,
+        "adds": adds,
+        "ops": ops,
+        "score": params / base["params"] + ops / base["ops"],
+        "params_score": params / base["params"],
+        "ops_score": ops / base["ops"],
+        "storage_bits": bits,
+        "storage_mb": bits / 8 / 1e6,
+        "raw": {
+            "params": sum(r.raw_params for r in rows),
+            "mults": sum(r.raw_mults for r in rows),
+            "adds": sum(r.raw_adds for r in rows),
+        },
+        "task": {"name": constants, "label": label, "accuracy_target": base["target"]},
+        "baseline": {"name": base["baseline"], "params": base["params"], "ops": base["ops"]},
+        "input_shape": list(input_shape),
+        "conventions": conventions(opts),
+        "claims": claims,
+        "verified": verified,
+        "warnings": list(warnings or []),
+        "accuracy": accuracy_block(test_accuracy, constants),
+        "layers": [layer_dict(r) for r in rows],
+    }
+
+
+def _si(value: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3f}{unit}"
+    return f"{value:.0f}"
+
+
+def summary(report: dict) -> str:
+    """One line: score, params and ops against the baseline, task."""
+    base = report["baseline"]
+    line = (
+        f"score {report['score']:.4f} = {_si(report['params'])} params / {_si(base['params'])} "
+        f"+ {_si(report['ops'])} ops / {_si(base['ops'])} ({report['task']['label']})"
+    )
+    accuracy = report.get("accuracy")
+    if accuracy:
+        verdict = "meets" if accuracy["meets_target"] else "misses"
+        line += f", top-1 {accuracy['test_top1']:.2f}% {verdict} {accuracy['target']:.1f}%"
+    return line

@@ -1,0 +1,124 @@
+"""`mncli score` end to end: architectures, artifacts written by save_bundle, options and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mncli.bundle import bundle_from_arch, save_bundle
+from mncli.cli.app import main
+
+LAYER_KEYS = {"name", "type", "params", "mults", "adds", "sparsity", "weight_bits", "act_bits"}
+
+
+def run_json(capsys, *argv: str) -> dict:
+    code = main(["score", *argv, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def ternary_artifact(path, *, specs: bool = True, accuracy: float = 0.83) -> None:
+    torch.manual_seed(0)
+    bundle = bundle_from_arch("test-cnn", {})
+    weight = bundle.model.conv2.weight
+    with torch.no_grad():
+        values = torch.zeros_like(weight)
+        values[weight > 0.05] = 0.1
+        values[weight < -0.05] = -0.08
+        weight.copy_(values)
+    if specs:
+        bundle.specs = {
+            "conv2": {"weight": {"format": "ternary", "bits": 2, "wp": 0.1, "wn": 0.08}, "mask": True}
+        }
+    save_bundle(
+        bundle, path, stage="ternarize", metrics={"test": {"top1": accuracy}}, data={"dataset": "cifar100"}
+    )
+
+
+def test_arch_json_is_one_object_with_the_contract_keys(capsys):
+    report = run_json(capsys, "--arch", "resnet20", "--dataset", "cifar10")
+    for key in ("params", "mults", "adds", "ops", "score", "baseline", "conventions", "accuracy", "layers"):
+        assert key in report
+    assert report["baseline"] == {"name": "WideResNet-28-10", "params": 36.5e6, "ops": 10.49e9}
+    assert "cifar100 constants" in report["task"]["label"]
+    assert report["model"]["args"]["num_classes"] == 10 and report["input_shape"] == [3, 32, 32]
+    assert all(LAYER_KEYS <= set(layer) for layer in report["layers"])
+    assert report["accuracy"] is None
+
+
+def test_arch_opt_and_dataset_set_the_shape(capsys):
+    report = run_json(capsys, "--arch", "resnet20", "--arch-opt", "input_size=16", "-d", "mnist")
+    assert report["input_shape"] == [1, 16, 16]
+
+
+def test_table_output_has_rows_totals_and_score(capsys):
+    assert main(["score", "--arch", "test-resnet", "--dataset", "cifar100"]) == 0
+    out = capsys.readouterr().out
+    assert "total" in out and "score 0.0" in out and "add" in out
+
+
+def test_artifact_ternary_layer_accuracy_and_storage_options(tmp_path, capsys):
+    path = tmp_path / "tern.safetensors"
+    ternary_artifact(path)
+    report = run_json(capsys, str(path))
+    conv2 = next(layer for layer in report["layers"] if layer["name"] == "conv2")
+    assert conv2["weight_format"] == "ternary" and conv2["sparsity"] > 0
+    assert report["accuracy"] == {
+        "test_top1": 83.0,
+        "target": 80.0,
+        "target_task": "cifar100",
+        "meets_target": True,
+    }
+    assert report["source"] == str(path) and report["verified"]
+    sign1 = run_json(capsys, str(path), "--ternary-storage", "sign1")
+    assert sign1["params"] < report["params"] and sign1["conventions"]["ternary_storage"] == "sign1"
+    imagenet = run_json(capsys, str(path), "--dataset", "imagenet")
+    assert imagenet["baseline"]["ops"] == 1170e6 and imagenet["accuracy"]["target"] == 75.0
+
+
+def test_artifact_without_claims_is_inferred_only_on_request(tmp_path, capsys):
+    path = tmp_path / "plain.safetensors"
+    ternary_artifact(path, specs=False)
+    plain = run_json(capsys, str(path))
+    inferred = run_json(capsys, str(path), "--infer")
+    formats = {layer["name"]: layer["weight_format"] for layer in inferred["layers"]}
+    assert formats["conv2"] == "ternary" and formats["conv1"] == "fp32"
+    assert inferred["params"] < plain["params"]
+
+
+def test_architecture_only_artifact_counts_dense_unverified(tmp_path, capsys):
+    path = tmp_path / "arch.safetensors"
+    save_bundle(bundle_from_arch("test-cnn", {}), path, stage="search", weights=False)
+    report = run_json(capsys, str(path))
+    assert not report["verified"] and report["params"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--arch", "no-such-net"], "unknown architecture"),
+        (["--arch", "resnet20", "--dataset", "coco"], "unknown dataset"),
+        (["missing.safetensors"], "not found"),
+        (["x.safetensors", "--arch", "resnet20"], "exactly one"),
+        (["--arch", "resnet20", "--ternary-storage", "codes3"], "ternary storage"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, argv, message):
+    assert main(["score", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_freebie_refused_on_a_ternary_artifact(tmp_path, capsys):
+    path = tmp_path / "tern.safetensors"
+    ternary_artifact(path)
+    assert main(["score", str(path), "--freebie16"]) == 2
+    assert "--freebie16 refused: layer conv2" in capsys.readouterr().err
+
+
+def test_help_has_examples(capsys):
+    assert main(["score", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "mncli score --arch" in out and "--freebie16" in out
