@@ -65,22 +65,36 @@ def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
     if not isinstance(arch, dict) or "name" not in arch:
         raise BadInput(f"{path} has no architecture in its manifest")
     specs = dict(manifest.get("compression", {}).get("layers", {}) or {})
+    has_weights = bool(tensors)
     if not tensors and require_weights:
         raise BadInput(
             f"{path} is architecture-only (no weights)",
             hint=f"train it first: mncli train {path} --dataset D -o trained.safetensors",
         )
-    model = build_model(arch)
-    attach_specs(model, specs)
-    if tensors:
+    if not tensors:
+        model = build_model(arch)  # architecture only: a freshly initialised model
+        attach_specs(model, specs)
+    else:
+        from mncli.scoring import meta_device
+
+        # Built on the meta device and filled with the decoded tensors themselves (assign=True):
+        # no random initialisation, and memory stays near the decoded state's own size.
+        with meta_device():
+            model = build_model(arch)
+            attach_specs(model, specs)
         state = codec.decode_state(tensors, specs)
-        result = model.load_state_dict(state, strict=False)
-        problems = list(result.missing_keys) + list(result.unexpected_keys)
-        if problems:
+        del tensors
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
             raise BadInput(
                 f"{path}: weights do not fit architecture {arch['name']}: "
-                f"missing {list(result.missing_keys)[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
+        model.load_state_dict(state, strict=True, assign=True)
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if tensor.is_meta:
+                raise BadInput(f"{path}: no value for {name} in the artifact")
     model.eval()
     return Bundle(
         model=model,
@@ -88,7 +102,7 @@ def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
         specs=specs,
         manifest=manifest,
         path=path,
-        weights=bool(tensors),
+        weights=has_weights,
     )
 
 
@@ -97,11 +111,13 @@ def score_summary(model: nn.Module, specs: dict, arch: dict, dataset: str | None
     from mncli.models import input_shape
     from mncli.scoring import score_model
 
-    task = "imagenet" if dataset == "imagenet" else "cifar100"
+    from mncli.scoring.report import OTHER_DATASETS, TASKS
+
+    task = dataset if dataset in TASKS or dataset in OTHER_DATASETS else "cifar100"
     report = score_model(model, specs, input_shape=input_shape(arch), task=task)
     keys = ("params", "mults", "adds", "ops", "score")
     summary = {k: report[k] for k in keys if k in report}
-    summary["task"] = task
+    summary["task"] = report.get("task", task)
     return summary
 
 

@@ -53,6 +53,8 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
 def init_weights(model: nn.Module, mode: str = "fan_out") -> None:
     """He-normal convs, unit BN, small normal classifiers: the usual start for every family."""
     for module in model.modules():
+        if any(t.is_meta for t in module.parameters(recurse=False)):
+            continue  # built on the meta device (scoring, loading): no values to fill
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
             if module.bias is not None:

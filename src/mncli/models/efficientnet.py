@@ -54,6 +54,8 @@ def _resolve(args: dict) -> dict:
 def _init(model: nn.Module) -> None:
     """The reference initialisation: convs N(0, sqrt(2 / fan_out)), dense U(+-1/sqrt(classes))."""
     for module in model.modules():
+        if any(t.is_meta for t in module.parameters(recurse=False)):
+            continue  # built on the meta device (scoring, loading): no values to fill
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")
             if module.bias is not None:
