@@ -17,7 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-stdout = Console(soft_wrap=True)
+# Piped tables are not cut to 80 columns: a result read by a script or a file keeps every digit.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True, soft_wrap=True)
 
 _state = {"verbose": False, "quiet": False}

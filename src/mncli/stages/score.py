@@ -39,7 +39,7 @@ class ScoreConfig:
 
 
 def _check_dataset(dataset: str) -> str:
-    name = dataset.lower()
+    name = dataset.lower().split(":", 1)[0]  # synthetic:classes=..,shape=.. scores as synthetic
     if name not in DATASET_SHAPES and name != "synthetic":
         raise BadInput(
             f"unknown dataset {dataset!r}", hint="cifar100, imagenet, cifar10, fashion-mnist or mnist"
