@@ -1,0 +1,158 @@
+"""Training throughput: a plain fp32 eager PyTorch loop vs mncli's engine with its device defaults.
+
+The same MBConv network (28x28x1 inputs, batch 128) is trained for a fixed number of steps both ways,
+in one process, alternating the two several times; the median images/s of each and their ratio go to
+bench/results/train_throughput.json. The plain loop gets its batches already normalised in memory
+(the cheapest input path there is), while the engine's figure includes its on-the-fly batch
+augmentation, so the ratio is, if anything, conservative.
+
+    python bench/train_throughput.py [--steps 40] [--repeats 3] [--variants] [--threads N]
+
+--variants also measures the engine with --precision fp32 (channels_last alone) to show what each
+default contributes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mncli.data import load_data
+from mncli.engine import TrainConfig, fit
+from mncli.errors import MncliError
+from mncli.models import create_model
+
+BLOCKS = ["ir_r1_k3_s1_e1_c16", "ir_r2_k3_s2_e4_c24", "ir_r2_k3_s2_e4_c40", "ir_r1_k3_s2_e4_c80"]
+BATCH = 128
+WARMUP = 5
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(
+        "mbconv", num_classes=10, in_channels=1, input_size=28, blocks=BLOCKS, stem_channels=16,
+        head_channels=256,
+    )  # fmt: skip
+
+
+def get_data():
+    try:
+        return load_data("fashion-mnist", batch_size=BATCH), "fashion-mnist"
+    except MncliError:
+        return load_data("synthetic:train=12000", batch_size=BATCH), "synthetic"
+
+
+def plain_loop(data, steps: int) -> float:
+    """What the seed repositories run: fp32, default memory format, SGD, batches ready in memory."""
+    model = make_model().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    batches = list(data.val.batches(BATCH))  # normalised float tensors, no augmentation
+    started = 0.0
+    for step in range(WARMUP + steps):
+        if step == WARMUP:
+            started = time.perf_counter()
+        x, y = batches[step % len(batches)]
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps * BATCH / (time.perf_counter() - started)
+
+
+def engine(data, steps: int, precision: str = "auto") -> tuple[float, dict]:
+    model = make_model()
+    common = dict(batch_size=BATCH, lr=0.05, weight_decay=5e-4, precision=precision, seed=0, keep_best=False)
+    fit(
+        model, _no_val(data), TrainConfig(epochs=1, max_steps_per_epoch=WARMUP, **common), show_progress=False
+    )
+    result = fit(
+        model, _no_val(data), TrainConfig(epochs=1, max_steps_per_epoch=steps, **common), show_progress=False
+    )
+    return result.history[-1]["images_per_s"], result.runtime
+
+
+def _no_val(data):
+    """The engine validates after each epoch; leave that out of a throughput figure."""
+    import copy
+
+    trimmed = copy.copy(data)
+    trimmed.val = data.val.head(0)
+    return trimmed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="threads for both loops (default: all cores)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json"
+    )
+    args = parser.parse_args()
+    from mncli.cli import output
+
+    output.set_verbosity(quiet=True)
+    data, source = get_data()
+    runs: dict[str, list[float]] = {"plain_fp32": [], "engine": []}
+    if args.variants:
+        runs["engine_fp32_channels_last"] = []
+    runtime = {}
+    threads = args.threads or len(os.sched_getaffinity(0))
+    os.environ["MNCLI_NUM_THREADS"] = str(threads)  # the engine's thread count
+    torch.set_num_threads(threads)
+    for repeat in range(args.repeats):
+        runs["plain_fp32"].append(plain_loop(data, args.steps))
+        rate, runtime = engine(data, args.steps)
+        runs["engine"].append(rate)
+        if args.variants:
+            runs["engine_fp32_channels_last"].append(engine(data, args.steps, precision="fp32")[0])
+        print(
+            f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} img/s" for k, v in runs.items()),
+            flush=True,
+        )
+    medians = {k: statistics.median(v) for k, v in runs.items()}
+    result = {
+        "benchmark": "train_throughput",
+        "model": {"name": "mbconv", "blocks": BLOCKS, "input": [1, 28, 28], "batch": BATCH},
+        "data": source,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "images_per_s": {k: round(v, 1) for k, v in medians.items()},
+        "all_runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+        "ratio": round(medians["engine"] / medians["plain_fp32"], 2),
+        "engine_runtime": runtime,
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": len(os.sched_getaffinity(0)),
+            "threads": threads,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_1m": os.getloadavg()[0],
+        },
+        "goal": ">= 2.0",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("images_per_s", "ratio")}))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

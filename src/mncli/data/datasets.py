@@ -1,0 +1,259 @@
+"""`load_data`: a dataset by name -> DataBundle (train / val / lazily loaded test splits + manifest info).
+
+The validation split is carved out of the training set by a permutation seeded with the *data* seed
+(`seed`, default 0, independent of the training seed), so every stage of a pipeline holds out the same
+images. `subset=N` keeps the first N images of the remaining (already shuffled) training split.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mncli.data.augment import Augment
+from mncli.data.formats import load_cifar, load_idx_pair
+from mncli.data.locate import locate
+from mncli.data.splits import TensorSplit, mix_seed
+from mncli.errors import BadInput
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+
+_ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+
+MEAN_STD = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+# Per-dataset augmentation defaults: no flips for digits (a flipped 2 is not a 2).
+DEFAULT_AUGMENT = {
+    "fashion-mnist": Augment(crop=2, flip=True),
+    "mnist": Augment(crop=2),
+    "cifar10": Augment(crop=4, flip=True),
+    "cifar100": Augment(crop=4, flip=True),
+    "imagenet": Augment(crop=1, flip=True),  # crop>0 switches on RandomResizedCrop
+    "synthetic": Augment(),
+}
+
+
+@dataclass
+class DataBundle:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train: Any
+    val: Any
+    info: dict
+    _load_test: Callable[[], Any] | None = field(default=None, repr=False)
+    _test: Any = field(default=None, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def test(self):
+        """The test split, read from disk on first use (only when a stage asks for test accuracy)."""
+        if self._test is None and self._load_test is not None:
+            self._test = self._load_test()
+            self.info["test_size"] = len(self._test)
+        return self._test
+
+
+def canonical_name(name: str) -> str:
+    base = name.split(":", 1)[0].strip().lower()
+    base = _ALIASES.get(base, base)
+    if base not in DATASETS:
+        raise BadInput(f"unknown dataset {name!r}", hint="choose one of: " + ", ".join(DATASETS))
+    return base
+
+
+def default_augment(name: str) -> Augment:
+    return DEFAULT_AUGMENT[canonical_name(name)]
+
+
+def _split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not 0 <= val_size < n:
+        raise BadInput(
+            f"validation split of {val_size} images is not possible with {n} training images",
+            hint="pass a smaller --val-size",
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 0xDA7A)))
+    return perm[val_size:], perm[:val_size]
+
+
+def _tensor_bundle(
+    name: str,
+    train_xy: tuple[torch.Tensor, torch.Tensor],
+    load_test_xy: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    mean_std,
+    augment: Augment,
+    val_size: int,
+    seed: int,
+    subset: int | None,
+    batch_size: int,
+    info: dict,
+) -> DataBundle:
+    images, labels = train_xy
+    train_idx, val_idx = _split_indices(len(labels), val_size, seed)
+    if subset is not None:
+        if subset <= 0:
+            raise BadInput(f"--subset must be positive, got {subset}", hint="e.g. --subset 2000")
+        train_idx = train_idx[:subset]
+    mean, std = mean_std
+    train = TensorSplit(images[train_idx], labels[train_idx], mean, std, augment, batch_size)
+    val = TensorSplit(images[val_idx], labels[val_idx], mean, std, Augment(), batch_size)
+
+    def load_test() -> TensorSplit:
+        x, y = load_test_xy()
+        return TensorSplit(x, y, mean, std, Augment(), batch_size)
+
+    info.update(
+        dataset=name,
+        train_size=len(train),
+        val_size=len(val),
+        split_seed=seed,
+        subset=subset,
+        augment=augment.to_dict(),
+        mean=list(mean),
+        std=list(std),
+        image_shape=list(images.shape[1:]),
+        num_classes=num_classes,
+    )
+    return DataBundle(
+        name, num_classes, int(images.shape[1]), int(images.shape[2]), train, val, info, load_test
+    )
+
+
+def parse_synthetic(name: str) -> dict:
+    """`synthetic` or `synthetic:classes=100,shape=3x32x32,train=2000,test=500`."""
+    opts = {"classes": 10, "shape": (1, 28, 28), "train": 2000, "test": 500}
+    _, _, rest = name.partition(":")
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, _, value = part.partition("=")
+        try:
+            if key == "shape":
+                dims = tuple(int(v) for v in re.split(r"[x,]", value))
+                if len(dims) != 3 or min(dims) <= 0:
+                    raise ValueError(value)
+                opts["shape"] = dims
+            elif key in ("classes", "train", "test"):
+                opts[key] = int(value)
+                if opts[key] <= 0:
+                    raise ValueError(value)
+            else:
+                raise ValueError(key)
+        except ValueError:
+            raise BadInput(
+                f"bad synthetic dataset option {part!r}",
+                hint="e.g. synthetic:classes=100,shape=3x32x32,train=2000,test=500",
+            ) from None
+    return opts
+
+
+def synthetic_tensors(
+    classes: int, shape: tuple, count: int, stream: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable random images: a fixed prototype per class plus noise, as uint8; labels cycle."""
+    gen = torch.Generator().manual_seed(mix_seed(classes, *shape))
+    prototypes = torch.rand((classes, *shape), generator=gen) * 255.0
+    gen = torch.Generator().manual_seed(mix_seed(classes, *shape, count, stream))
+    labels = torch.randint(0, classes, (count,), generator=gen)
+    noise = torch.randn((count, *shape), generator=gen) * 60.0
+    images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
+    return images, labels.to(torch.int64)
+
+
+def _file_loaders(name: str, folder: Path):
+    if name in ("fashion-mnist", "mnist"):
+        return 10, (lambda: load_idx_pair(folder, "train")), (lambda: load_idx_pair(folder, "t10k"))
+    if name == "cifar10":
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        return (
+            10,
+            lambda: load_cifar(folder, train_files, "labels"),
+            lambda: load_cifar(folder, ["test_batch"], "labels"),
+        )
+    return (
+        100,
+        lambda: load_cifar(folder, ["train"], "fine_labels"),
+        lambda: load_cifar(folder, ["test"], "fine_labels"),
+    )
+
+
+def load_data(
+    name: str,
+    *,
+    data_dir: Path | str | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    seed: int = 0,
+    subset: int | None = None,
+    batch_size: int = 128,
+    augment: Augment | None = None,
+    image_size: int | None = None,
+) -> DataBundle:
+    """Load dataset `name` (see DATASETS; `synthetic:...` takes options) and split it.
+
+    val_size: images held out of the training set for validation (default 5,000 for the 10/100-class
+    sets, 10% for synthetic, 10,000 for imagenet). seed: the split seed. augment: the training
+    augmentation (default: per dataset). image_size: imagenet only (default 224)."""
+    base = canonical_name(name)
+    augment = DEFAULT_AUGMENT[base] if augment is None else augment
+    if base == "synthetic":
+        opts = parse_synthetic(name)
+        shape, classes = opts["shape"], opts["classes"]
+        mean_std = ((0.5,) * shape[0], (0.29,) * shape[0])
+        info = {"source": "synthetic", "options": {**opts, "shape": list(shape)}}
+        return _tensor_bundle(
+            name,
+            synthetic_tensors(classes, shape, opts["train"], 0),
+            lambda: synthetic_tensors(classes, shape, opts["test"], 1),
+            num_classes=classes,
+            mean_std=mean_std,
+            augment=augment,
+            val_size=opts["train"] // 10 if val_size is None else val_size,
+            seed=seed,
+            subset=subset,
+            batch_size=batch_size,
+            info=info,
+        )
+    folder = locate(base, data_dir, download)
+    if base == "imagenet":
+        from mncli.data.imagenet import imagenet_bundle
+
+        return imagenet_bundle(
+            folder,
+            augment=augment,
+            val_size=val_size,
+            seed=seed,
+            subset=subset,
+            batch_size=batch_size,
+            image_size=image_size or 224,
+            mean_std=MEAN_STD[base],
+        )
+    num_classes, read_train, read_test = _file_loaders(base, folder)
+    return _tensor_bundle(
+        base,
+        read_train(),
+        read_test,
+        num_classes=num_classes,
+        mean_std=MEAN_STD[base],
+        augment=augment,
+        val_size=5000 if val_size is None else val_size,
+        seed=seed,
+        subset=subset,
+        batch_size=batch_size,
+        info={"source": str(folder)},
+    )

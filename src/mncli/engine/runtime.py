@@ -1,0 +1,146 @@
+"""Where and how the loop runs: device, threads, precision, memory format, and DDP under torchrun.
+
+CPU defaults (measured by bench/train_throughput.py): channels_last, and bfloat16 autocast when the
+processor has native bf16 (AVX512-BF16 / AMX; oneDNN reports it). oneDNN's bf16 backward of *strided
+depthwise* convolutions is many times slower than fp32 on such CPUs, so those layers run in fp32 inside
+the autocast region (`keep_fp32_strided_depthwise`). CUDA: fp16 AMP with a grad scaler (bf16 where the
+GPU has it), channels_last, pinned memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from mncli.errors import BadInput
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    threads: int
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> dict:
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+        return {
+            "device": str(self.device),
+            "precision": precision,
+            "channels_last": self.channels_last,
+            "threads": self.threads,
+            "world_size": self.world_size,
+            "torch": torch.__version__,
+        }
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as torchrun sets them; (0, 0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInput(f"unknown device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda but no CUDA GPU is available", hint="use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise BadInput(f"unsupported device {name!r}", hint="use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def configure(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
+    """Pick the device, thread count and precision; join the DDP group when run by torchrun."""
+    rank, local_rank, world = distributed_env()
+    dev = resolve_device(device, local_rank)
+    threads = int(os.environ.get("MNCLI_NUM_THREADS") or 0)
+    if threads <= 0:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        threads = max(1, available_cores() // max(1, local_world))
+    torch.set_num_threads(threads)
+    if precision == "auto":
+        if dev.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_bf16() else "fp32"
+    if precision == "fp16" and dev.type == "cpu":
+        raise BadInput("fp16 autocast is for CUDA", hint="on CPU use --precision bf16 or fp32")
+    if precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        raise BadInput("this CPU has no native bfloat16", hint="use --precision fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return Runtime(
+        dev, dtype, True if channels_last is None else channels_last, threads, rank, local_rank, world
+    )
+
+
+def uses_4d_inputs(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def keep_fp32_strided_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Run strided depthwise convs in fp32 inside a CPU bf16 autocast region; returns the patched
+    modules (undo with `restore_forward`)."""
+    patched = []
+    for module in model.modules():
+        if (
+            isinstance(module, torch.nn.Conv2d)
+            and module.groups > 1
+            and module.groups == module.in_channels
+            and max(module.stride) > 1
+            and "forward" not in module.__dict__
+        ):
+            module.forward = _fp32_forward(module)
+            patched.append(module)
+    return patched
+
+
+def _fp32_forward(module: torch.nn.Module):
+    original = type(module).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return original(module, x.float())
+
+    return forward
+
+
+def restore_forward(modules: list[torch.nn.Module]) -> None:
+    for module in modules:
+        module.__dict__.pop("forward", None)

@@ -1,0 +1,89 @@
+"""`mncli eval`: top-1, top-5 and mean loss of an artifact on a dataset's validation or test split.
+
+The validation split is the one the artifact was trained against: its manifest's split seed and size
+are reused, so `eval --split val` reproduces the number `train` recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mncli.errors import BadInput
+
+SPLITS = ("val", "test", "train")
+
+
+@dataclass
+class EvalConfig:
+    input: Path
+    dataset: str | None = None
+    split: str = "test"
+    data_dir: Path | None = None
+    download: bool = False
+    batch_size: int = 256
+    device: str = "auto"
+
+
+def dataset_of(manifest: dict) -> str | None:
+    return (manifest.get("data") or {}).get("dataset")
+
+
+def run(config: EvalConfig) -> dict:
+    import time
+
+    import torch
+
+    from mncli.bundle import load_bundle
+    from mncli.data import load_data
+    from mncli.engine import evaluate
+    from mncli.engine.runtime import configure, uses_4d_inputs
+    from mncli.stages.train import SPLIT_SEED, check_model_fits_data
+
+    if config.split not in SPLITS:
+        raise BadInput(f"unknown split {config.split!r}", hint="use --split val or --split test")
+    if config.batch_size <= 0:
+        raise BadInput(f"--batch-size must be positive, got {config.batch_size}", hint="e.g. -b 256")
+    bundle = load_bundle(config.input)
+    recorded = bundle.manifest.get("data") or {}
+    dataset = config.dataset or dataset_of(bundle.manifest)
+    if not dataset:
+        raise BadInput(
+            f"{config.input} does not say which dataset it was trained on", hint="give --dataset D"
+        )
+    same_data = dataset == recorded.get("dataset")
+    image_size = None
+    if dataset == "imagenet":
+        image_size = int(bundle.arch.get("args", {}).get("input_size", 224))
+    data = load_data(
+        dataset,
+        data_dir=config.data_dir,
+        download=config.download,
+        val_size=recorded.get("val_size") if same_data else None,
+        seed=recorded.get("split_seed", SPLIT_SEED) if same_data else SPLIT_SEED,
+        batch_size=config.batch_size,
+        image_size=image_size,
+    )
+    check_model_fits_data(bundle.arch, data, what=str(config.input))
+    size = bundle.arch.get("args", {}).get("input_size")
+    if size is not None and int(size) != data.image_size:
+        raise BadInput(
+            f"{config.input} takes {size} px inputs but {data.name} images are {data.image_size} px",
+            hint="evaluate it on the dataset it was trained on",
+        )
+    split = {"val": lambda: data.val, "test": lambda: data.test, "train": lambda: data.train}[config.split]()
+    rt = configure(config.device, precision="fp32")  # threads as the engine sets them; fp32 arithmetic
+    model = bundle.model.to(rt.device)
+    if rt.channels_last and uses_4d_inputs(model):
+        model.to(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    scores = evaluate(model, split, rt.device, batch_size=config.batch_size, channels_last=rt.channels_last)
+    return {
+        "artifact": str(config.input),
+        "dataset": data.name,
+        "split": config.split,
+        "top1": scores["top1"],
+        "top5": scores["top5"],
+        "loss": scores["loss"],
+        "count": scores["count"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
