@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except MncliError as exc:
         if output.is_verbose():
             traceback.print_exc()
-        output.stderr.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        interrupted = exc.exit_code in (130, 143)  # a clean stop on a signal is not an error
+        prefix = "" if interrupted else "[red]error:[/red] "
+        output.stderr.print(f"{prefix}{exc.message}", highlight=False)
         if exc.hint:
             output.stderr.print(f"hint: {exc.hint}", highlight=False)
         return exc.exit_code
