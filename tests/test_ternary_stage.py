@@ -1,0 +1,175 @@
+"""`mncli ternarize` end to end on tiny synthetic data: the artifact round trip, sizes, masks, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from mncli.artifact import load_artifact
+from mncli.bundle import bundle_from_arch, load_bundle, save_bundle
+from mncli.cli.app import main
+
+DATA = "synthetic:classes=4,shape=1x12x12,train=64,test=32"
+ARCH = {"in_channels": 1, "input_size": 12, "num_classes": 4, "width": 4}
+FAST = ["-d", DATA, "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def fp_artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tern") / "fp.safetensors"
+    torch.manual_seed(0)
+    save_bundle(bundle_from_arch("test-resnet", ARCH), path, stage="train")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pruned_artifact(fp_artifact):
+    bundle = load_bundle(fp_artifact)
+    modules = dict(bundle.model.named_modules())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name in ("layer1.0.conv1", "layer2.0.conv2"):
+            weight = modules[name].weight
+            weight.mul_(torch.rand(weight.shape, generator=g) > 0.6)
+            bundle.specs[name] = {"weight": {"format": "float", "bits": 32}, "mask": True, "method": "test"}
+    path = fp_artifact.with_name("pruned.safetensors")
+    save_bundle(bundle, path, stage="prune")
+    return path
+
+
+def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
+    code = main(["ternarize", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 and "--json" in args else None), captured.err
+
+
+def assert_ternary_file(path, expected_layers: set[str]) -> dict:
+    """Every ternary layer reloads to at most {-wn, 0, +wp} (wn, wp > 0), exactly the spec's numbers."""
+    bundle = load_bundle(path)
+    ternary = {n for n, s in bundle.specs.items() if s.get("weight", {}).get("format") == "ternary"}
+    assert ternary == expected_layers
+    modules = dict(bundle.model.named_modules())
+    for name in ternary:
+        spec = bundle.specs[name]["weight"]
+        assert spec["bits"] == 2 and spec["wp"] > 0 and spec["wn"] > 0
+        values = set(modules[name].weight.detach().unique().tolist())
+        assert values <= {-spec["wn"], 0.0, spec["wp"]} and len(values) <= 3
+        assert bundle.specs[name]["mask"] == (0.0 in values)
+    return bundle
+
+
+def test_ttq_round_trip_layers_and_bytes(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "ttq.safetensors"
+    code, result, err = run_cli(capsys, fp_artifact, *FAST, "-o", out, "--json")
+    assert code == 0, err
+    # default layers: block convs; the stem, the 1x1 shortcut and the classifier stay fp32
+    blocks = {"layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2"}
+    bundle = assert_ternary_file(out, blocks)
+    assert set(result["layers"]) == blocks and result["method"] == "ttq"
+    assert result["score"] < result["score_before"]
+    assert bundle.manifest["compression"]["ternarize"]["threshold"] == 0.05
+    metrics = bundle.manifest["metrics"]
+    assert {"val_acc", "test_acc", "val_acc_before", "test_acc_before", "score"} <= set(metrics)
+    # file bytes of the ternary weights: within 10 % of n + 2*nnz bits (+ two scales) per layer
+    tensors, _ = load_artifact(out)
+    for name in blocks:
+        stored = sum(t.numel() * t.element_size() for k, t in tensors.items()
+                     if k.startswith(f"{name}.weight::") and not k.endswith("::shape"))  # fmt: skip
+        numel = int(tensors[f"{name}.weight::shape"].prod())
+        nnz = round(numel * (1 - bundle.specs[name]["sparsity"]))
+        charged = (numel + 2 * nnz) / 8 + 8
+        assert abs(stored - charged) <= 0.1 * charged
+        assert f"{name}.weight" not in tensors  # no dense copy
+    assert (
+        abs(result["ternary_bytes"] - result["ternary_bytes_charged"])
+        <= 0.1 * result["ternary_bytes_charged"]
+    )
+
+
+def test_mit_variant_and_layer_patterns(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "mit.safetensors"
+    code, result, err = run_cli(
+        capsys, fp_artifact, *FAST, "--variant", "mit", "--layers", "layer2.*", "--layers", "!*shortcut*",
+        "-o", out, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert_ternary_file(out, {"layer2.0.conv1", "layer2.0.conv2"})
+    assert result["method"] == "ttq-mit" and result["threshold"] == 0.7
+
+
+def test_ec2t_keeps_pruned_zeros(pruned_artifact, tmp_path, capsys):
+    out = tmp_path / "ec2t.safetensors"
+    code, result, err = run_cli(
+        capsys, pruned_artifact, *FAST, "-m", "ec2t", "--retrain-epochs", "1", "--lambda-div", "0.175",
+        "-o", out, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    before = dict(load_bundle(pruned_artifact).model.named_modules())
+    after = assert_ternary_file(out, set(result["layers"]))
+    modules = dict(after.model.named_modules())
+    for name in ("layer1.0.conv1", "layer2.0.conv2"):
+        pruned = before[name].weight == 0
+        assert (modules[name].weight[pruned] == 0).all()
+    assert result["pruned_layers_kept"] == ["layer1.0.conv1", "layer2.0.conv2"]
+    assert (
+        after.specs["layer1.0.conv1"]["lambda_div"] == 0.175
+        and after.specs["layer1.0.conv1"]["method"] == "ec2t"
+    )
+
+
+def test_depthwise_excluded_by_default(tmp_path, capsys):
+    fp = tmp_path / "mb.safetensors"
+    save_bundle(bundle_from_arch("test-mbconv", {"in_channels": 1, "input_size": 12, "num_classes": 4}), fp,
+                stage="train")  # fmt: skip
+    model = load_bundle(fp).model
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    depthwise = {n for n, m in convs.items() if m.groups > 1 and m.groups == m.in_channels}
+    out = tmp_path / "mb_t.safetensors"
+    code, result, err = run_cli(capsys, fp, *FAST, "--epochs", "0", "-o", out, "--json")
+    assert code == 0, err
+    assert depthwise and not depthwise & set(result["layers"])
+    out2 = tmp_path / "mb_dw.safetensors"
+    code, result, err = run_cli(
+        capsys, fp, *FAST, "--epochs", "0", "--include-depthwise", "-o", out2, "--json"
+    )
+    assert code == 0, err
+    assert depthwise <= set(result["layers"])
+    assert_ternary_file(out2, set(result["layers"]))
+
+
+def test_bad_input(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "bad.safetensors"
+    code, _, err = run_cli(capsys, fp_artifact, *FAST, "--threshold", "1.5", "-o", out)
+    assert code == 2 and "outside (0, 1)" in err
+    code, _, err = run_cli(capsys, fp_artifact, *FAST, "--layers", "nothing.*", "-o", out)
+    assert code == 2 and "matches no layer" in err
+    arch_only = tmp_path / "arch.safetensors"
+    save_bundle(bundle_from_arch("test-resnet", ARCH), arch_only, stage="search", weights=False)
+    code, _, err = run_cli(capsys, arch_only, *FAST, "-o", out)
+    assert code == 2 and "architecture-only" in err
+    code, _, err = run_cli(capsys, fp_artifact, *FAST, "-m", "ttq", "--grid", "-o", out)
+    assert code == 2 and "ec2t" in err
+    tern = tmp_path / "t.safetensors"
+    assert run_cli(capsys, fp_artifact, *FAST, "--epochs", "0", "-o", tern)[0] == 0
+    code, _, err = run_cli(capsys, tern, *FAST, "-o", out)
+    assert code == 2 and "already ternary" in err
+    assert not out.exists()
+
+
+def test_ec2t_grid_points_and_collect(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "grid.safetensors"
+    grid = ["-m", "ec2t", "--grid", "--ini-c", "0.45", "--lambda-div", "0.0,0.3", "--retrain-epochs", "0"]
+    for k in (0, 1):
+        code, result, err = run_cli(capsys, fp_artifact, *FAST, *grid, "--point", k, "-o", out, "--json")
+        assert code == 0, err
+        assert (tmp_path / f"grid.point{k}.safetensors").exists()
+    assert not out.exists()
+    code, result, err = run_cli(capsys, fp_artifact, *FAST, *grid, "--collect", "-o", out, "--json")
+    assert code == 0, err
+    rows = {r["point"]: r for r in result["points"]}
+    assert set(rows) == {0, 1}
+    assert rows[1]["ternary_sparsity"] > rows[0]["ternary_sparsity"]  # larger lambda_div, more zeros
+    best = max(rows.values(), key=lambda r: (r["val_acc"], r["ternary_sparsity"], -r["point"]))
+    assert result["chosen"]["point"] == best["point"]
+    manifest = load_bundle(out).manifest
+    assert manifest["grid"]["chosen"] == best["point"] and manifest["params"]["grid_point"] == best["point"]
