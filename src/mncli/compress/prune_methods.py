@@ -1,0 +1,118 @@
+"""The three unstructured pruning methods as drivers around a training function.
+
+Each driver gets a `train(callbacks, epochs, phase) -> None` function from the stage (which owns
+data, optimiser settings and checkpoints), so the methods here know only masks and schedules.
+Every call of `train` builds a fresh optimiser: reweighted L1's retraining phase depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from mncli.compress.agp import AGPSchedule
+from mncli.compress.masks import Masker
+from mncli.compress.prune_callbacks import MaskCallback, ReweightedL1Callback
+from mncli.compress.reweighted_l1 import ReweightedL1
+
+TrainFn = Callable[..., None]  # train(callbacks, epochs, phase, keep_best=True)
+Log = Callable[[str], None]
+
+
+def _log_pruned(masker: Masker, log: Log, when: str) -> None:
+    target, achieved = masker.overall()
+    log(f"{when}: sparsity target {target:.4f} achieved {achieved:.4f} over {len(masker.masks)} layers")
+
+
+def run_agp(
+    masker: Masker,
+    finals: dict[str, float],
+    schedule: AGPSchedule,
+    train: TrainFn,
+    epochs: int,
+    log: Log,
+    *,
+    global_sparsity: float | None = None,
+) -> dict:
+    """Gradual pruning on the cubic schedule, then fine-tuning with the final mask, in one run."""
+    callback = MaskCallback(
+        masker,
+        schedule=schedule,
+        finals=finals,
+        global_layers=list(finals) if global_sparsity is not None else None,
+        log=log,
+    )
+    try:
+        train([callback], epochs, "agp")
+    finally:
+        callback.close()
+    if callback.last_pruned is None or callback.last_pruned < schedule.start + schedule.span:
+        # training ended before the last pruning step (e.g. --epochs shorter than the schedule)
+        callback.prune_at(schedule.start + schedule.span)
+        log("the schedule had not reached its final step: pruned to the final targets without fine-tuning")
+    return {"history": callback.history, "schedule": schedule.as_dict()}
+
+
+def run_magnitude(
+    masker: Masker,
+    targets: dict[str, float],
+    train: TrainFn,
+    epochs: int,
+    log: Log,
+    *,
+    global_sparsity: float | None = None,
+) -> dict:
+    """One-shot magnitude pruning (per layer or one global threshold), then fine-tuning, mask fixed."""
+    if global_sparsity is not None:
+        masker.prune_global(list(targets), global_sparsity)
+    else:
+        masker.prune_to(targets)
+    _log_pruned(masker, log, "one-shot pruning")
+    callback = MaskCallback(masker, log=log)
+    try:
+        if epochs > 0:
+            train([callback], epochs, "finetune")
+    finally:
+        callback.close()
+    return {"history": callback.history}
+
+
+def run_reweighted_l1(
+    model: nn.Module,
+    masker: Masker,
+    targets: dict[str, float],
+    train: TrainFn,
+    epochs: int,
+    retrain_epochs: int,
+    log: Log,
+    *,
+    lam: float,
+    eps: float,
+    milestones: list[int],
+    lr_boost: float = 1.0,
+) -> dict:
+    """Phase 1: train with lambda * sum |W| / (|W| + eps), reweighted at milestones. Phase 2: prune to
+    the per-layer targets and retrain from a fresh optimiser with masked gradients and re-masking."""
+    regulariser = ReweightedL1(model, list(targets), lam=lam, eps=eps)
+    keep_fixed = MaskCallback(masker)  # zeros of an earlier stage stay zero during phase 1 too
+    phase1 = ReweightedL1Callback(regulariser, milestones, lr_boost=lr_boost, log=log)
+    try:
+        if epochs > 0:
+            train([phase1, keep_fixed], epochs, "regularise", keep_best=False)
+    finally:
+        keep_fixed.close()
+    masker.prune_to(targets, keep_current=True)
+    _log_pruned(masker, log, "hard pruning after the regularised phase")
+    retrain = MaskCallback(masker, log=log)
+    try:
+        if retrain_epochs > 0:
+            train([retrain], retrain_epochs, "retrain")
+    finally:
+        retrain.close()
+    return {
+        "history": retrain.history,
+        "reweighting_rounds": regulariser.rounds,
+        "milestones": milestones,
+        "final_penalty": float(regulariser.penalty().detach()),
+    }

@@ -1,0 +1,173 @@
+"""`mncli prune` end to end on tiny models and synthetic data: exact sparsity, masks that hold, small
+files, channel-pruned artifacts that reload, and bad input refused with exit 2."""
+
+import json
+
+import pytest
+import torch
+
+from mncli.cli.app import main
+
+DATA = "synthetic:classes=4,shape=3x16x16,train=192,test=64"
+FAST = ["--batch-size", "32", "--seed", "0", "--device", "cpu", "--json"]
+
+
+def _artifact(tmp_path, name="test-cnn", args=None, weights=True, file="in.safetensors"):
+    from mncli.bundle import bundle_from_arch, save_bundle
+
+    bundle = bundle_from_arch(name, {"num_classes": 4, "input_size": 16, **(args or {})})
+    path = tmp_path / file
+    save_bundle(bundle, path, stage="train", weights=weights, metrics={"score": None})
+    return path
+
+
+def _prune(capsys, *args) -> tuple[int, dict | None]:
+    code = main(["prune", *map(str, args), *FAST])
+    out = capsys.readouterr().out
+    return code, (json.loads(out) if code == 0 else None)
+
+
+def _zeros_match_targets(path):
+    from mncli.bundle import load_bundle
+    from mncli.compress.masks import target_count
+
+    bundle = load_bundle(path)
+    modules = dict(bundle.model.named_modules())
+    for name, spec in bundle.specs.items():
+        if not spec.get("mask"):
+            continue
+        w = modules[name].weight
+        assert abs(int((w == 0).sum()) - target_count(spec["target_sparsity"], w.numel())) <= 1, name
+    return bundle
+
+
+def test_agp_reaches_targets_and_masked_weights_stay_zero(tmp_path, capsys):
+    src = _artifact(tmp_path)
+    out = tmp_path / "agp.safetensors"
+    code, result = _prune(
+        capsys, src, "-d", DATA, "-o", out, "--method", "agp", "--sparsity", "0.8",
+        "--epochs", "4", "--end", "3", "--freq", "1",
+    )  # fmt: skip
+    assert code == 0
+    assert result["max_deviation_weights"] <= 1
+    for name, row in result["layers"].items():
+        assert row["achieved"] == pytest.approx(0.8, abs=1.5 / 100), name
+    assert "conv1" not in result["layers"] and "fc" not in result["layers"]  # stem / classifier
+    bundle = _zeros_match_targets(out)
+    assert bundle.specs["conv2"]["mask"] and bundle.specs["conv2"]["method"] == "agp"
+    manifest = bundle.manifest
+    assert manifest["compression"]["prune"]["schedule"]["steps"][-1][1] == pytest.approx(0.8)
+    assert len(manifest["compression"]["prune"]["history"]) == 4
+    assert {"test_acc_before", "test_acc", "score_before", "score"} <= set(manifest["metrics"])
+
+
+def test_magnitude_global_and_file_shrinks(tmp_path, capsys):
+    src = _artifact(tmp_path, args={"width": 32})
+    out = tmp_path / "mag.safetensors"
+    code, result = _prune(
+        capsys, src, "-d", DATA, "-o", out, "--method", "magnitude", "--sparsity", "0.8", "--global",
+        "--layers", "*", "--epochs", "1",
+    )  # fmt: skip
+    assert code == 0
+    assert result["achieved"] == pytest.approx(0.8, abs=1e-3)
+    assert out.stat().st_size <= 0.30 * src.stat().st_size
+
+
+def test_reweighted_l1_with_recipe_and_earlier_mask_kept(tmp_path, capsys):
+    src = _artifact(tmp_path)
+    first = tmp_path / "first.safetensors"
+    code, _ = _prune(capsys, src, "-d", DATA, "-o", first, "-m", "magnitude", "-s", "0.5", "--epochs", "0")
+    assert code == 0
+    from mncli.bundle import load_bundle
+
+    zeros_before = load_bundle(first).model.conv3.weight == 0
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text('layers:\n  "conv2": {sparsity: 0.7}\n  "conv3": {sparsity: 0.3}\n')
+    out = tmp_path / "rl1.safetensors"
+    code, result = _prune(
+        capsys, first, "-d", DATA, "-o", out, "-m", "reweighted-l1", "--recipe", recipe,
+        "--epochs", "2", "--retrain-epochs", "1", "--reweight-at", "1",
+    )  # fmt: skip
+    assert code == 0
+    assert result["layers"]["conv2"]["achieved"] == pytest.approx(0.7, abs=1 / 1152)
+    bundle = load_bundle(out)
+    conv3 = bundle.model.conv3.weight
+    assert (conv3[zeros_before] == 0).all()  # target 0.3 below the existing 0.5: zeros kept
+    assert int((conv3 == 0).sum()) == int(zeros_before.sum())
+    assert bundle.manifest["compression"]["prune"]["milestones"] == [1]
+
+
+def test_structured_resnet_reloads_with_identical_logits(tmp_path, capsys):
+    from mncli.bundle import load_bundle
+
+    src = _artifact(tmp_path, name="test-resnet")
+    out = tmp_path / "slim.safetensors"
+    code, result = _prune(
+        capsys, src, "-d", DATA, "-o", out, "--structured", "--channel-ratio", "0.5", "--epochs", "1"
+    )
+    assert code == 0
+    assert result["params_after"] < result["params_before"]
+    bundle = load_bundle(out)
+    assert bundle.arch["shapes"]["layer2.0.conv1"][0] == 8
+    assert sum(p.numel() for p in bundle.model.parameters()) == result["params_after"]
+    again = load_bundle(out)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(bundle.model(x), again.model(x))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sparsity", "1.0"], "outside [0, 1)"),
+        (["--sparsity", "-0.1"], "outside [0, 1)"),
+        (["--sparsity", "0.5", "--layers", "nope*"], "matches no layer"),
+        (["--recipe", "RECIPE_EMPTY"], "names no layer"),
+        (["--recipe", "RECIPE_TYPO"], "matches no layer"),
+        (["--sparsity", "0.5", "--method", "lottery"], "unknown method"),
+        (["--sparsity", "0.5", "--unit", "steps"], "needs --end"),
+        (["--sparsity", "0.5", "--end", "9", "--epochs", "4"], "not inside the run"),
+        (["--structured", "--sparsity", "0.5"], "--structured removes channels"),
+        (["--structured", "--channel-ratio", "1.5"], "outside [0, 1)"),
+    ],
+)
+def test_bad_input_exits_2(tmp_path, capsys, extra, message):
+    src = _artifact(tmp_path)
+    (tmp_path / "empty.yaml").write_text("layers: {}\n")
+    (tmp_path / "typo.yaml").write_text('layers:\n  "conv9": {sparsity: 0.5}\n')
+    extra = [
+        str(tmp_path / "empty.yaml")
+        if e == "RECIPE_EMPTY"
+        else str(tmp_path / "typo.yaml")
+        if e == "RECIPE_TYPO"
+        else e
+        for e in extra
+    ]
+    code = main(
+        ["prune", str(src), "-d", DATA, "-o", str(tmp_path / "o.safetensors"), *extra, "--epochs", "0"]
+    )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_architecture_only_input_is_refused(tmp_path, capsys):
+    src = _artifact(tmp_path, weights=False, file="arch.safetensors")
+    code = main(["prune", str(src), "-d", DATA, "-o", str(tmp_path / "o.safetensors"), "-s", "0.5"])
+    assert code == 2
+    assert "architecture-only" in capsys.readouterr().err
+
+
+def test_structured_recipe_prunes_only_the_named_layers(tmp_path, capsys):
+    from mncli.bundle import load_bundle
+
+    src = _artifact(tmp_path, name="test-resnet")
+    recipe = tmp_path / "channels.json"
+    recipe.write_text('{"layers": {"layer2.0.conv1": {"channel_ratio": 0.75}}}')
+    out = tmp_path / "slim.safetensors"
+    code, result = _prune(
+        capsys, src, "-d", DATA, "-o", out, "--structured", "--recipe", recipe, "--epochs", "0"
+    )
+    assert code == 0 and result["channels_removed"] == 12
+    assert load_bundle(out).arch["shapes"] == {
+        "layer2.0.conv1": [4, 8, 3, 3], "layer2.0.bn1": [4], "layer2.0.conv2": [16, 4, 3, 3]
+    }  # fmt: skip
