@@ -1,0 +1,155 @@
+"""Putting quantizers on a model, and taking them off again as real values.
+
+`prepare_qat` wraps each planned layer for quantization-aware training (LSQ, PACT or DoReFa);
+`prepare_ptq` sets post-training values and scales directly; `bake` turns the trained model into
+real values (int weights = code * scale, deployed act quantizers) and returns the layer specs;
+`apply_fp16` rounds what stays float to half precision for real.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mncli.compress import intweights
+from mncli.compress.actquant import ActQuantizer, attach, bake_act_quantizers
+from mncli.compress.dorefa import DorefaAct, DorefaWeight
+from mncli.compress.fp16 import attach_fp16_act, convert_weights_fp16
+from mncli.compress.lsq import LsqAct, LsqWeight
+from mncli.compress.pact import PactAct
+from mncli.compress.ptq import InputStats, act_scale, weight_scale_and_codes
+from mncli.compress.qplan import LayerPlan
+from mncli.errors import RuntimeFailure
+
+METHODS = ("lsq", "pact", "dorefa")
+
+
+@dataclass
+class QuantParams:
+    """The quantizers' own trainable tensors: LSQ step sizes (no weight decay), PACT clips (L2)."""
+
+    scales: list[nn.Parameter] = field(default_factory=list)
+    clips: list[nn.Parameter] = field(default_factory=list)
+
+    def clamp_(self) -> None:
+        with torch.no_grad():
+            for p in self.scales:
+                p.clamp_(min=1e-8)
+            for p in self.clips:
+                p.clamp_(min=1e-4)
+
+
+def _mask_of(module: nn.Module, plan: LayerPlan) -> torch.Tensor | None:
+    return (module.weight.detach() != 0).to(module.weight.dtype) if plan.masked else None
+
+
+def _signed(stats: dict[str, InputStats], name: str) -> bool:
+    return stats[name].signed if name in stats else True
+
+
+def prepare_qat(
+    model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, InputStats], method: str
+) -> QuantParams:
+    """Wrap weights and attach training act quantizers; returns their trainable tensors."""
+    modules = dict(model.named_modules())
+    params = QuantParams()
+    for name, plan in plans.items():
+        module = modules[name]
+        if plan.ternary:
+            intweights.freeze_weight(module)
+        elif plan.int_weight:
+            weight_cls = LsqWeight if method == "lsq" else DorefaWeight
+            quantizer = weight_cls(module.weight.detach(), plan.weight_bits, per_channel=plan.per_channel)
+            intweights.wrap_weight(module, quantizer, _mask_of(module, plan))
+            if method == "lsq":
+                params.scales.append(quantizer.scale)
+        if plan.int_act:
+            signed = _signed(stats, name)
+            if method == "lsq":
+                act = LsqAct(plan.act_bits, signed)
+                mean_abs = stats[name].first_mean_abs if name in stats else None
+                if mean_abs is not None:
+                    with torch.no_grad():
+                        act.scale.fill_(max(2.0 * mean_abs / math.sqrt(act.q_p), 1e-8))
+                    act.initialized = True
+                params.scales.append(act.scale)
+            elif method == "pact":
+                act = PactAct(plan.act_bits, signed)
+                params.clips.append(act.alpha)
+            else:
+                act = DorefaAct(plan.act_bits, signed)
+            attach(module, act.to(module.weight.device))
+    return params
+
+
+def prepare_ptq(
+    model: nn.Module,
+    plans: dict[str, LayerPlan],
+    stats: dict[str, InputStats],
+    calibration: str,
+    percentile: float,
+) -> None:
+    """Post-training quantization: calibrated weights and activation scales, no training."""
+    modules = dict(model.named_modules())
+    for name, plan in plans.items():
+        module = modules[name]
+        if plan.int_weight:
+            scale, codes = weight_scale_and_codes(
+                module.weight, plan.weight_bits, plan.per_channel, calibration, percentile
+            )
+            if plan.masked:
+                codes = codes * (module.weight.detach() != 0).to(codes.dtype)
+            intweights.set_int_weight(module, scale, codes)
+        if plan.int_act:
+            signed = _signed(stats, name)
+            scale = act_scale(stats[name], plan.act_bits, signed, calibration, percentile)
+            method = f"ptq-{calibration}"
+            attach(module, ActQuantizer(plan.act_bits, signed, method, scale=scale).to(module.weight.device))
+
+
+def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) -> dict[str, dict]:
+    """Real values everywhere; returns the new specs (earlier stages' entries kept and extended)."""
+    modules = dict(model.named_modules())
+    new_specs = copy.deepcopy(specs)
+    for name, plan in plans.items():
+        module = modules[name]
+        spec = new_specs.setdefault(name, {})
+        spec.pop("act", None)  # an input's old act quantizer was removed; the ones attached now follow
+        if intweights.is_wrapped(module):
+            bits, per_channel = intweights.bake_weight(module)
+            spec["weight"] = {"format": "int", "bits": bits, "per_channel": per_channel}
+        elif plan.int_weight:  # set by prepare_ptq
+            spec["weight"] = {"format": "int", "bits": plan.weight_bits, "per_channel": plan.per_channel}
+        elif plan.ternary:
+            module.weight.requires_grad_(True)
+            continue
+        else:  # left as it is: fp32 values (an earlier int or fp16 claim no longer holds a scale)
+            spec["weight"] = {"format": "float", "bits": 32}
+            continue
+        try:  # what the codec will store: exactly code * scale, codes in the signed b-bit range
+            intweights.check_int_weight(module.weight, module.weight_scale, spec["weight"]["bits"])
+        except ValueError as exc:
+            raise RuntimeFailure(f"layer {name}: baked weights are off their grid: {exc}") from None
+    for name, act_spec in bake_act_quantizers(model).items():
+        new_specs.setdefault(name, {})["act"] = act_spec
+    return new_specs
+
+
+def apply_fp16(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) -> list[str]:
+    """Round the layers planned at 16 bits to fp16 for real; returns their names."""
+    modules = dict(model.named_modules())
+    converted = []
+    for name, plan in plans.items():
+        module, spec = modules[name], specs.setdefault(name, {})
+        if plan.weight_bits == 16 and not plan.ternary:
+            convert_weights_fp16(module)
+            spec["weight"] = {"format": "float", "bits": 16}
+            converted.append(name)
+        if plan.act_bits == 16:
+            attach_fp16_act(module)
+            spec["act"] = {"bits": 16, "signed": True, "method": "fp16"}
+    return converted

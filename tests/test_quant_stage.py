@@ -1,0 +1,120 @@
+"""`mncli quantize` end to end on tiny synthetic data: the artifact round trip, the CLI, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from mncli.bundle import bundle_from_arch, load_bundle, save_bundle
+from mncli.cli.app import main
+from mncli.compress import qat
+from mncli.compress.ptq import observe_inputs
+from mncli.compress.qplan import plan_layers
+
+DATA = "synthetic:classes=4,shape=1x12x12,train=192,test=64"
+ARCH = {"in_channels": 1, "input_size": 12, "num_classes": 4, "width": 4}
+
+
+@pytest.fixture(scope="module")
+def fp_artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("quant") / "fp.safetensors"
+    torch.manual_seed(0)
+    save_bundle(bundle_from_arch("test-cnn", ARCH), path, stage="train")
+    return path
+
+
+def test_round_trip_through_the_artifact_gives_identical_logits(fp_artifact, tmp_path):
+    bundle = load_bundle(fp_artifact)
+    model = bundle.model
+    x = torch.randn(16, 1, 12, 12)
+    plans = plan_layers(model, {}, weight_bits=3, act_bits=5)
+    modules = dict(model.named_modules())
+    stats = observe_inputs(model, {n: modules[n] for n in plans}, [(x, None)], 1)
+    qat.prepare_qat(model, plans, stats, "lsq")
+    bundle.specs = qat.bake(model, plans, {})
+    model.eval()
+    out = tmp_path / "q.safetensors"
+    save_bundle(bundle, out, stage="quantize")
+    again = load_bundle(out)
+    with torch.no_grad():
+        assert torch.equal(model(x), again.model(x))
+    assert again.specs["conv2"]["weight"] == {"format": "int", "bits": 3, "per_channel": False}
+    assert again.specs["conv1"]["act"] == {"bits": 8, "signed": True, "method": "lsq"}
+    assert again.specs["conv2"]["act"]["signed"] is False
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(["quantize", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_quantizes_and_scores_lower(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "q4.safetensors"
+    code, stdout, err = run_cli(
+        capsys, fp_artifact, "-d", DATA, "-o", out, "--epochs", "1", "--batch-size", "32", "--json"
+    )
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["int_weight_layers"] == 4 and result["int_act_layers"] == 4
+    quantized = load_bundle(out)
+    assert quantized.specs["conv2"]["weight"]["bits"] == 4 and quantized.specs["fc"]["weight"]["bits"] == 8
+    fp_score = load_bundle(fp_artifact).manifest["metrics"]["score"]["score"]
+    assert quantized.manifest["metrics"]["score"]["score"] < 0.6 * fp_score
+
+
+def test_cli_ptq_with_a_checked_accumulator_claim(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "p8.safetensors"
+    common = [fp_artifact, "-d", DATA, "--ptq", "-w", "8", "-a", "8", "-o", out, "--json"]
+    code, _, err = run_cli(capsys, *common, "--accumulator-bits", "10")
+    assert code == 2 and "accumulator overflow: layer" in err and "needs" in err
+    assert not out.exists()
+    code, stdout, err = run_cli(capsys, *common, "--accumulator-bits", "32")
+    assert code == 0, err
+    code, stdout, err = run_cli(
+        capsys, *common[:-3], "-o", tmp_path / "p8b.safetensors", "--accumulator-bits", "31"
+    )
+    assert code == 0, err
+    specs = load_bundle(tmp_path / "p8b.safetensors").specs
+    assert {s["acc_bits"] for s in specs.values()} == {31}
+    assert all(s["acc_bits_needed"] <= 31 for s in specs.values())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--weight-bits", "0"], "--weight-bits 0 is not supported"),
+        (["--act-bits", "33"], "--act-bits 33 is not supported"),
+        (["--method", "xnor"], "unknown method"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(fp_artifact, tmp_path, capsys, args, message):
+    code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", *args)
+    assert code == 2 and message in err and stdout == ""
+    assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
+
+
+def test_recipe_with_an_unknown_key_is_refused(fp_artifact, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('layers:\n  "conv2": {weight_bits: 6, sparsity: 0.5}\n')
+    code, _, err = run_cli(
+        capsys, fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", "--recipe", recipe
+    )
+    assert code == 2 and "unknown key 'sparsity'" in err
+    recipe.write_text('layers:\n  "conv2": {weight_bits: 6}\n  "fc": {act_bits: 32}\n')
+    out = tmp_path / "r.safetensors"
+    code, _, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", out, "--recipe", recipe, "--ptq", "--fp16")
+    assert code == 0, err
+    specs = load_bundle(out).specs
+    assert specs["conv2"]["weight"]["bits"] == 6 and specs["conv3"]["weight"]["bits"] == 4
+    assert specs["fc"]["act"] == {"bits": 16, "signed": True, "method": "fp16"}
+
+
+def test_requantizing_and_int_weights_without_act_quantizers_load_back(fp_artifact, tmp_path, capsys):
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    code, _, err = run_cli(capsys, fp_artifact, "-d", DATA, "--ptq", "-w", "6", "-a", "6", "-o", first)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, first, "-d", DATA, "--ptq", "-w", "5", "-a", "32", "-o", second)
+    assert code == 0, err
+    specs = load_bundle(second).specs  # int weights, no act quantizer: weight_scale buffers must load
+    assert specs["conv2"]["weight"]["bits"] == 5 and "act" not in specs["conv2"]
