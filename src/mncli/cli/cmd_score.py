@@ -89,9 +89,9 @@ def build_table(result: dict):
     lines = [
         f"task {result['task']['label']}, baseline {base['name']}: {_fmt(base['params'])} params, "
         f"{_fmt(base['ops'])} ops",
-        f"params {result['params']:,.0f} ({result['storage_mb']:.3f} MB) -> {result['params_score']:.4f}",
+        f"params {result['params']:,.0f} ({result['storage_mb']:.3f} MB) -> {result['params_score']:.4g}",
         f"ops {result['ops']:,.0f} = {result['mults']:,.0f} mults + {result['adds']:,.0f} adds "
-        f"-> {result['ops_score']:.4f}",
+        f"-> {result['ops_score']:.4g}",
     ]
     conv = result["conventions"]
     lines.append(
@@ -103,12 +103,14 @@ def build_table(result: dict):
     if not result["verified"]:
         lines.append("no weight values: counted dense, claims not verified")
     accuracy = result.get("accuracy")
-    if accuracy:
+    if accuracy and accuracy["target"] is None:
+        lines.append(f"test top-1 {accuracy['test_top1']:.2f}% (no accuracy target for this dataset)")
+    elif accuracy:
         verdict = "meets" if accuracy["meets_target"] else "misses"
         lines.append(
             f"test top-1 {accuracy['test_top1']:.2f}% {verdict} the {accuracy['target']:.1f}% target"
         )
-    score_line = Text(f"score {result['score']:.4f}", style="bold green")
+    score_line = Text(f"score {result['score']:.4g}", style="bold green")
     return Group(table, Text("\n".join(lines)), score_line)
 
 
