@@ -1,0 +1,64 @@
+"""The whole pipeline through the CLI on tiny synthetic data: every stage reads the previous
+artifact, keeps what the earlier stages did, and the final artifact verifies, scores and reloads."""
+
+import json
+
+import pytest
+import torch
+
+from mncli.cli.app import main
+
+DATA = "synthetic:classes=4,shape=1x12x12,train=256,test=64"
+FAST = ["--dataset", DATA, "--batch-size", "32", "--val-size", "64"]
+
+
+def run_json(capsys, *argv):
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    return tmp_path_factory.mktemp("chain")
+
+
+def test_train_prune_ternarize_quantize_score(chain, capsys):
+    fp, pruned, tern, quant = (chain / f"{n}.safetensors" for n in ("fp", "pruned", "tern", "quant"))
+    run_json(capsys, "train", "--arch", "test-cnn", *FAST, "--epochs", "2", "-o", str(fp))
+    run_json(
+        capsys, "prune", str(fp), *FAST, "--method", "agp", "--sparsity", "0.5",
+        "--epochs", "2", "--start", "0", "--end", "2", "--freq", "1", "-o", str(pruned),
+    )
+    run_json(capsys, "ternarize", str(pruned), *FAST, "--method", "ttq", "--epochs", "1", "-o", str(tern))
+    run_json(
+        capsys, "quantize", str(tern), *FAST, "--weight-bits", "8", "--act-bits", "8",
+        "--epochs", "1", "-o", str(quant),
+    )
+
+    from mncli.bundle import load_bundle
+
+    pruned_b, tern_b, quant_b = (load_bundle(p) for p in (pruned, tern, quant))
+    for name, spec in pruned_b.specs.items():
+        if spec.get("mask"):
+            zeros = pruned_b.model.get_submodule(name).weight == 0
+            # a pruned weight stays zero through ternarize and quantize
+            assert bool((tern_b.model.get_submodule(name).weight[zeros] == 0).all()), name
+            assert bool((quant_b.model.get_submodule(name).weight[zeros] == 0).all()), name
+    ternary = [n for n, s in tern_b.specs.items() if s.get("weight", {}).get("format") == "ternary"]
+    assert ternary, "ttq ternarized no layer"
+    for name in ternary:
+        assert quant_b.specs[name]["weight"]["format"] == "ternary"  # quantize keeps it ternary
+        assert torch.unique(quant_b.model.get_submodule(name).weight).numel() <= 3
+    assert any(int(s.get("act", {}).get("bits", 32)) == 8 for s in quant_b.specs.values())
+
+    scores = [run_json(capsys, "score", str(p))["score"] for p in (fp, pruned, tern, quant)]
+    assert scores[0] > scores[1] > scores[2] > scores[3], scores
+
+    verify = run_json(capsys, "verify", str(quant))
+    assert verify["ok"], verify
+    report = run_json(capsys, "report", str(quant), "--chain")
+    assert [r["stage"] for r in report["rows"]] == ["train", "prune", "ternarize", "quantize"]
+    evaluated = run_json(capsys, "eval", str(quant), "--dataset", DATA)
+    assert 0.0 <= evaluated["top1"] <= 1.0
