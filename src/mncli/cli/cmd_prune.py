@@ -8,21 +8,32 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import (
+    Augment,
     BatchSize,
     DataDir,
     Device,
     Download,
+    GradClip,
     InputArtifact,
     Json,
+    KdDistillWeight,
+    KdStudentWeight,
+    KdTemperature,
+    LabelSmoothing,
+    Momentum,
     OutputArtifact,
+    Precision,
     Recipe,
     Resume,
     Schedule,
     Seed,
     Subset,
     Teacher,
+    ValSize,
+    WarmupEpochs,
     WeightDecay,
 )
+from mncli.cli.output import fmt_num, fmt_pct
 from mncli.errors import BadInput
 
 HELP = """Prune weights to a target sparsity (the fraction of weights that are zero) and fine-tune.
@@ -158,36 +169,23 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--optimizer", help="sgd, adam or adamw (default sgd; reweighted-l1 adam)."),
         ] = None,
-        momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum (nesterov).")] = 0.9,
+        momentum: Momentum = 0.9,
         schedule: Schedule = "cosine",
-        warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")] = 0.0,
+        warmup_epochs: WarmupEpochs = 0.0,
         weight_decay: WeightDecay = 1e-4,
-        label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")] = 0.0,
-        grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")] = 0.0,
-        augment: Annotated[
-            str | None,
-            typer.Option(
-                "--augment", help="default, none, or e.g. crop=4,flip,cutout=8 (default per dataset)."
-            ),
-        ] = None,
+        label_smoothing: LabelSmoothing = 0.0,
+        grad_clip: GradClip = 0.0,
+        augment: Augment = None,
         teacher: Teacher = None,
-        kd_temperature: Annotated[float, typer.Option("--kd-temperature", help="KD temperature T.")] = 2.0,
-        kd_student_weight: Annotated[
-            float, typer.Option("--kd-student-weight", help="KD: weight of CE.")
-        ] = 0.5,
-        kd_distill_weight: Annotated[
-            float, typer.Option("--kd-distill-weight", help="KD: weight of T^2 * KL.")
-        ] = 0.5,
+        kd_temperature: KdTemperature = 2.0,
+        kd_student_weight: KdStudentWeight = 0.5,
+        kd_distill_weight: KdDistillWeight = 0.5,
         resume: Resume = False,
         data_dir: DataDir = None,
         download: Download = False,
         subset: Subset = None,
-        val_size: Annotated[
-            int | None, typer.Option("--val-size", help="Images held out for validation.")
-        ] = None,
-        precision: Annotated[
-            str, typer.Option("--precision", help="auto, fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA).")
-        ] = "auto",
+        val_size: ValSize = None,
+        precision: Precision = "auto",
         seed: Seed = 0,
         device: Device = "auto",
         as_json: Json = False,
@@ -225,16 +223,6 @@ def register(app: typer.Typer) -> None:
         output.emit(result, as_json=as_json, table=_table(result), out_path=str(out))
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
-
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
 def _table(result: dict):
     from rich.table import Table
 
@@ -242,16 +230,22 @@ def _table(result: dict):
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("val accuracy", _pct(result.get("val_acc_before")), _pct(result.get("val_acc")))
-    table.add_row("test accuracy", _pct(result.get("test_acc_before")), _pct(result.get("test_acc")))
-    table.add_row("score", _num(result.get("score_before")), _num(result.get("score")))
+    table.add_row("val accuracy", fmt_pct(result.get("val_acc_before")), fmt_pct(result.get("val_acc")))
+    table.add_row("test accuracy", fmt_pct(result.get("test_acc_before")), fmt_pct(result.get("test_acc")))
+    table.add_row("score", fmt_num(result.get("score_before")), fmt_num(result.get("score")))
     if "params_after" in result:
-        table.add_row("parameters", _num(result["params_before"]), _num(result["params_after"]))
+        table.add_row("parameters", fmt_num(result["params_before"]), fmt_num(result["params_after"]))
     else:
-        table.add_row(f"sparsity (target {_pct(result.get('target'))})", "", _pct(result.get("achieved")))
+        table.add_row(
+            f"sparsity (target {fmt_pct(result.get('target'))})",
+            "",
+            fmt_pct(result.get("achieved")),
+        )
         for name, row in result.get("layers", {}).items():
             table.add_row(
-                f"  {name} (target {_pct(row['target'])})", _pct(row["before"]), _pct(row["achieved"])
+                f"  {name} (target {fmt_pct(row['target'])})",
+                fmt_pct(row["before"]),
+                fmt_pct(row["achieved"]),
             )
     if result.get("file_bytes") is not None:
         before = f"{result['input_bytes']:,} bytes" if result.get("input_bytes") else ""

@@ -14,9 +14,14 @@ from mncli.cli.options import (
     DataDir,
     Device,
     Download,
+    GradClip,
     InputArtifact,
     Json,
+    KdDistillWeight,
+    KdTemperature,
+    LabelSmoothing,
     LearningRate,
+    Momentum,
     Optimizer,
     OutputArtifact,
     Recipe,
@@ -25,8 +30,11 @@ from mncli.cli.options import (
     Seed,
     Subset,
     Teacher,
+    ValSize,
+    WarmupEpochs,
     WeightDecay,
 )
+from mncli.cli.output import fmt_pct
 from mncli.errors import BadInput
 
 HELP = """Quantize weights and input activations to n bits, layer by layer, and fine-tune (LSQ by default).
@@ -97,27 +105,23 @@ def register(app: typer.Typer) -> None:
         batch_size: BatchSize = 128,
         optimizer: Optimizer = "sgd",
         lr: LearningRate = 0.01,
-        momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum (nesterov).")] = 0.9,
+        momentum: Momentum = 0.9,
         schedule: Schedule = "cosine",
-        warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")] = 0.0,
+        warmup_epochs: WarmupEpochs = 0.0,
         weight_decay: WeightDecay = 1e-4,
         pact_decay: Annotated[
             float | None, typer.Option("--pact-decay", help="L2 on PACT's clip (default: --weight-decay).")
         ] = None,
-        label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")] = 0.0,
-        grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")] = 0.0,
+        label_smoothing: LabelSmoothing = 0.0,
+        grad_clip: GradClip = 0.0,
         augment: Annotated[
             str | None, typer.Option("--augment", help="default, none, or e.g. crop=4,flip,cutout=8.")
         ] = None,
         teacher: Teacher = None,
-        kd_temperature: Annotated[float, typer.Option("--kd-temperature", help="KD temperature T.")] = 2.0,
+        kd_temperature: KdTemperature = 2.0,
         kd_student_weight: Annotated[float, typer.Option("--kd-student-weight", help="KD: CE weight.")] = 0.5,
-        kd_distill_weight: Annotated[
-            float, typer.Option("--kd-distill-weight", help="KD: weight of T^2 * KL.")
-        ] = 0.5,
-        val_size: Annotated[
-            int | None, typer.Option("--val-size", help="Images held out for validation.")
-        ] = None,
+        kd_distill_weight: KdDistillWeight = 0.5,
+        val_size: ValSize = None,
         subset: Subset = None,
         data_dir: DataDir = None,
         download: Download = False,
@@ -165,10 +169,6 @@ def _dataset_of(path: Path) -> str:
     return dataset
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
-
-
 def _acc(row: dict) -> str:
     needed = row.get("acc_bits_needed")
     return f"{row['acc_bits']} (needs {needed})" if needed is not None else str(row["acc_bits"])
@@ -195,8 +195,8 @@ def _table(result: dict):
             _acc(row),
         )
     table.caption = (
-        f"test top-1 {_pct(result['test_acc_before'])} -> {_pct(result['test_acc'])}, "
-        f"val top-1 {_pct(result['val_acc_before'])} -> {_pct(result['val_acc'])}"
+        f"test top-1 {fmt_pct(result['test_acc_before'])} -> {fmt_pct(result['test_acc'])}, "
+        f"val top-1 {fmt_pct(result['val_acc_before'])} -> {fmt_pct(result['val_acc'])}"
         + (f", score {_score(result['score_before'])} -> {_score(result['score'])}")
     )
     return table

@@ -19,7 +19,9 @@ from mncli.cli.options import (
     Seed,
     Subset,
     Teacher,
+    ValSize,
 )
+from mncli.cli.output import fmt_num, fmt_pct
 from mncli.errors import BadInput
 
 HELP_TEXT = """Ternarize weights to {-Wn, 0, +Wp} per layer by fine-tuning, and store them as 2-bit codes.
@@ -185,9 +187,7 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDir = None,
         download: Download = False,
         subset: Subset = None,
-        val_size: Annotated[
-            int | None, typer.Option("--val-size", help="Images held out for validation.")
-        ] = None,
+        val_size: ValSize = None,
         seed: Seed = 0,
         device: Device = "auto",
         as_json: Json = False,
@@ -209,16 +209,6 @@ def register(app: typer.Typer) -> None:
         output.emit(result, as_json=as_json, table=_table(result), out_path=str(out))
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
-
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
 def _table(result: dict):
     from rich.table import Table
 
@@ -227,18 +217,19 @@ def _table(result: dict):
         for col in ("point", "ini_c", "lambda_div", "val acc", "test acc", "sparsity", "score"):
             table.add_column(col, justify="right")
         for r in result["points"]:
-            table.add_row(str(r["point"]), _num(r["ini_c"]), _num(r["lambda_div"]), _pct(r["val_acc"]),
-                          _pct(r["test_acc"]), _pct(r["ternary_sparsity"]), _num(r["score"]))  # fmt: skip
+            table.add_row(str(r["point"]), fmt_num(r["ini_c"]), fmt_num(r["lambda_div"]),
+                          fmt_pct(r["val_acc"]), fmt_pct(r["test_acc"]), fmt_pct(r["ternary_sparsity"]),
+                          fmt_num(r["score"]))  # fmt: skip
         return table
     table = Table(title=f"ternarize ({result['method']}) -> {result['output']}")
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("val acc", _pct(result["val_acc_before"]), _pct(result["val_acc"]))
-    table.add_row("test acc", _pct(result["test_acc_before"]), _pct(result["test_acc"]))
-    table.add_row("score", _num(result["score_before"]), _num(result["score"]))
+    table.add_row("val acc", fmt_pct(result["val_acc_before"]), fmt_pct(result["val_acc"]))
+    table.add_row("test acc", fmt_pct(result["test_acc_before"]), fmt_pct(result["test_acc"]))
+    table.add_row("score", fmt_num(result["score_before"]), fmt_num(result["score"]))
     table.add_row("ternary layers", "", str(result["ternary_layers"]))
-    table.add_row("ternary sparsity", "", _pct(result["ternary_sparsity"]))
+    table.add_row("ternary sparsity", "", fmt_pct(result["ternary_sparsity"]))
     table.add_row(
         "ternary bytes (charged)", "", f"{result['ternary_bytes']:,} ({result['ternary_bytes_charged']:,.0f})"
     )

@@ -10,22 +10,33 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import (
     ArchOpt,
+    Augment,
     BatchSize,
     DataDir,
     Device,
     Download,
     Epochs,
+    GradClip,
     Json,
+    KdDistillWeight,
+    KdStudentWeight,
+    KdTemperature,
+    LabelSmoothing,
     LearningRate,
+    Momentum,
     Optimizer,
     OutputArtifact,
+    Precision,
     Resume,
     Schedule,
     Seed,
     Subset,
     Teacher,
+    ValSize,
+    WarmupEpochs,
     WeightDecay,
 )
+from mncli.cli.output import fmt_pct
 from mncli.errors import BadInput
 
 HELP = "\n\n".join(
@@ -74,40 +85,27 @@ def register(app: typer.Typer) -> None:
         batch_size: BatchSize = 128,
         optimizer: Optimizer = "sgd",
         lr: LearningRate = 0.1,
-        momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum (nesterov).")] = 0.9,
+        momentum: Momentum = 0.9,
         schedule: Schedule = "cosine",
-        warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")] = 0.0,
+        warmup_epochs: WarmupEpochs = 0.0,
         weight_decay: WeightDecay = 5e-4,
-        label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")] = 0.0,
-        grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")] = 0.0,
-        augment: Annotated[
-            str | None,
-            typer.Option(
-                "--augment", help="default, none, or e.g. crop=4,flip,cutout=8 (default per dataset)."
-            ),
-        ] = None,
+        label_smoothing: LabelSmoothing = 0.0,
+        grad_clip: GradClip = 0.0,
+        augment: Augment = None,
         teacher: Teacher = None,
-        kd_temperature: Annotated[float, typer.Option("--kd-temperature", help="KD temperature T.")] = 2.0,
-        kd_student_weight: Annotated[
-            float, typer.Option("--kd-student-weight", help="KD: weight of CE.")
-        ] = 0.5,
-        kd_distill_weight: Annotated[
-            float, typer.Option("--kd-distill-weight", help="KD: weight of T^2 * KL.")
-        ] = 0.5,
+        kd_temperature: KdTemperature = 2.0,
+        kd_student_weight: KdStudentWeight = 0.5,
+        kd_distill_weight: KdDistillWeight = 0.5,
         keep_last: Annotated[
             bool,
             typer.Option("--keep-last", help="Save the last epoch's weights, not the best on validation."),
         ] = False,
-        val_size: Annotated[
-            int | None, typer.Option("--val-size", help="Images held out for validation.")
-        ] = None,
+        val_size: ValSize = None,
         subset: Subset = None,
         data_dir: DataDir = None,
         download: Download = False,
         device: Device = "auto",
-        precision: Annotated[
-            str, typer.Option("--precision", help="auto, fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA).")
-        ] = "auto",
+        precision: Precision = "auto",
         seed: Seed = 0,
         resume: Resume = False,
         as_json: Json = False,
@@ -153,10 +151,6 @@ def register(app: typer.Typer) -> None:
         output.emit(result, as_json=as_json, table=_table(result), out_path=str(out))
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
-
-
 def _table(result: dict):
     from rich.table import Table
 
@@ -167,9 +161,9 @@ def _table(result: dict):
     rows = [
         ("parameters", f"{result['params']:,}"),
         ("epochs (best)", f"{result['epochs']} ({result['best_epoch']})"),
-        ("val top-1", _pct(result.get("val_acc"))),
-        ("test top-1", _pct(result.get("test_acc"))),
-        ("test top-5", _pct(result.get("test_top5"))),
+        ("val top-1", fmt_pct(result.get("val_acc"))),
+        ("test top-1", fmt_pct(result.get("test_acc"))),
+        ("test top-5", fmt_pct(result.get("test_top5"))),
         ("MicroNet score", "-" if score is None else f"{score:.5f}"),
         ("wall time", f"{result.get('wall_time_s', 0):.0f} s"),
         ("images/s", f"{result.get('images_per_s') or 0:,.0f}"),

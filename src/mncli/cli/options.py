@@ -47,3 +47,18 @@ Recipe = Annotated[
 ArchOpt = Annotated[
     list[str] | None, typer.Option("--arch-opt", help="Architecture argument as key=value (repeatable).")
 ]
+Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum (nesterov).")]
+WarmupEpochs = Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")]
+LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")]
+GradClip = Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")]
+Augment = Annotated[
+    str | None,
+    typer.Option("--augment", help="default, none, or e.g. crop=4,flip,cutout=8 (default per dataset)."),
+]
+KdTemperature = Annotated[float, typer.Option("--kd-temperature", help="KD temperature T.")]
+KdStudentWeight = Annotated[float, typer.Option("--kd-student-weight", help="KD: weight of CE.")]
+KdDistillWeight = Annotated[float, typer.Option("--kd-distill-weight", help="KD: weight of T^2 * KL.")]
+ValSize = Annotated[int | None, typer.Option("--val-size", help="Images held out for validation.")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="auto, fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA).")
+]

@@ -82,3 +82,15 @@ def progress(transient: bool = True) -> Progress:
         transient=transient,
         disable=_state["quiet"],
     )
+
+
+def fmt_pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals, or '-' when missing."""
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def fmt_num(value: Any) -> str:
+    """An int with thousands separators, any other number to 4 significant digits, or '-'."""
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
