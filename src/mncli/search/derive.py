@@ -1,0 +1,106 @@
+"""Deriving the network: argmax per block (zero -> identity), moved into the target band when asked,
+its counted cost, and its accuracy with the super-network's weights after re-estimating BN statistics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mncli.search.cost import CostModel, count, fit_to_target
+from mncli.search.proxyless import log_probabilities
+from mncli.search.supernet import SuperNet, derived_arch
+
+
+def derive(supernet: SuperNet, costs: CostModel, target: float, fit: bool, low: float = 0.8) -> dict:
+    """The derived architecture and what it is made of: per-block probabilities and choices, the
+    expected cost under p, the argmax network's cost and the derived network's counted cost."""
+    from mncli.models import build_model, input_shape
+
+    argmax = supernet.chosen_indices()
+    chosen = fit_to_target(log_probabilities(supernet), costs, argmax, target, low) if fit else argmax
+    choices = [op.choices[j] for op, j in zip(supernet.mixed, chosen, strict=True)]
+    arch = derived_arch(supernet.space, choices)
+    with torch.device("meta"):
+        model = build_model(arch)
+    arch = model.arch
+    counted = count(model, input_shape(arch), costs.metric, costs.task)
+    with torch.no_grad():
+        expected = float(costs.expected(supernet))
+    blocks = []
+    for b, (op, probs, j, a) in enumerate(
+        zip(supernet.mixed, supernet.probabilities(), chosen, argmax, strict=True)
+    ):
+        blocks.append(
+            {
+                "block": b,
+                "c_in": op.c_in,
+                "c_out": op.c_out,
+                "stride": op.stride,
+                "probabilities": probs,
+                "argmax": op.choices[a],
+                "chosen": op.choices[j],
+                "cost": costs.table[b][j],
+            }
+        )
+    return {
+        "arch": arch,
+        "choices": choices,
+        "indices": chosen,
+        "blocks": blocks,
+        "expected_cost": expected,
+        "argmax_cost": costs.of_indices(argmax),
+        "derived_cost": counted,
+        "table_cost": costs.of_indices(chosen),
+        "fitted_blocks": [b for b, (j, a) in enumerate(zip(chosen, argmax, strict=True)) if j != a],
+    }
+
+
+def set_path(supernet: SuperNet, indices: list[int]) -> None:
+    for op, j in zip(supernet.mixed, indices, strict=True):
+        op.active, op.involved, op.mode = j, [j], "path"
+
+
+@torch.no_grad()
+def reestimate_bn(supernet: SuperNet, batches, device: torch.device, steps: int = 50) -> None:
+    """Recompute BN running statistics of the chosen path (cumulative average over `steps` batches)."""
+    bns = [m for m in supernet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    supernet.train()
+    try:
+        for i, (x, _) in enumerate(batches):
+            if i >= steps:
+                break
+            supernet(x.to(device))
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        supernet.eval()
+
+
+@torch.no_grad()
+def accuracy(supernet: SuperNet, split, device: torch.device) -> float | None:
+    supernet.eval()
+    correct = total = 0
+    for x, y in split:
+        logits = supernet(x.to(device))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+        total += int(y.numel())
+    return correct / total if total else None
+
+
+def shared_weight_accuracy(
+    supernet: SuperNet, data, indices: list[int], device: torch.device, seed: int
+) -> float | None:
+    """Validation top-1 of the derived network with the super-network's weights (BN re-estimated)."""
+    supernet.to(device)
+    set_path(supernet, indices)
+    reestimate_bn(supernet, data.train.batches(epoch=0, seed=seed, device=device), device)
+    for op, j in zip(supernet.mixed, indices, strict=True):
+        op.mode, op.active = "fixed", j
+    try:
+        return accuracy(supernet, data.val, device)
+    finally:
+        supernet.set_mode("argmax")

@@ -1,0 +1,139 @@
+"""The search space: stem, stages of searchable MBConv blocks, head, and the candidate operations.
+
+A candidate is `kK_eE` (an MBConv block with a K x K depthwise kernel and expansion E) or `zero` (the
+block is skipped: it becomes its identity shortcut, allowed only where stride is 1 and c_in == c_out).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from mncli.errors import BadInput
+
+DEFAULT_OPS = ["k3_e3", "k3_e6", "k5_e3", "k5_e6", "k7_e3", "k7_e6", "zero"]
+_OP = re.compile(r"k(\d+)_e(\d+)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kernel: int
+    expansion: int
+
+    @property
+    def name(self) -> str:
+        return f"k{self.kernel}_e{self.expansion}"
+
+
+ZERO = "zero"
+
+
+def parse_op(text: str) -> Candidate | str:
+    """`k5_e6` -> Candidate(5, 6); `zero` -> "zero"; anything else is BadInput."""
+    op = text.strip().lower()
+    if op == ZERO:
+        return ZERO
+    match = _OP.fullmatch(op)
+    if not match or int(match.group(1)) % 2 == 0 or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise BadInput(
+            f"unknown candidate op {text!r}",
+            hint="candidates are kK_eE with an odd kernel K and expansion E "
+            "(k3_e3, k5_e6, k7_e6, ...) or zero",
+        )
+    return Candidate(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass
+class SearchSpace:
+    """Everything that fixes the super-network; recorded in the manifest."""
+
+    in_channels: int
+    input_size: int
+    num_classes: int
+    stem_channels: int
+    stem_stride: int
+    widths: list[int]
+    repeats: list[int]
+    strides: list[int]
+    ops: list[str] = field(default_factory=lambda: list(DEFAULT_OPS))
+    head_channels: int = 0
+    first_block: str | None = None  # a fixed, unsearched block after the stem (MobileNetV2's e1 block)
+
+    def __post_init__(self) -> None:
+        if not (len(self.widths) == len(self.repeats) == len(self.strides)) or not self.widths:
+            raise BadInput(
+                f"--widths, --repeats and --strides need one value per stage "
+                f"(got {len(self.widths)}, {len(self.repeats)}, {len(self.strides)})"
+            )
+        if any(w < 1 for w in self.widths) or any(r < 1 for r in self.repeats):
+            raise BadInput("stage widths and repeats must be positive")
+        if any(s not in (1, 2) for s in self.strides) or self.stem_stride not in (1, 2):
+            raise BadInput("strides must be 1 or 2")
+        parsed = [parse_op(o) for o in self.ops]
+        if not any(isinstance(p, Candidate) for p in parsed):
+            raise BadInput("the candidate ops need at least one MBConv op (kK_eE) besides zero")
+        self.ops = [p if isinstance(p, str) else p.name for p in parsed]
+        if len(set(self.ops)) != len(self.ops):
+            raise BadInput(f"candidate ops repeat: {self.ops}")
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return [parse_op(o) for o in self.ops if o != ZERO]
+
+    def blocks(self) -> list[dict]:
+        """One entry per searchable block: c_in, c_out, stride and the names of its choices."""
+        blocks = []
+        c_in = self.stem_channels if self.first_block is None else _block_channels(self.first_block)
+        for width, repeats, stride in zip(self.widths, self.repeats, self.strides, strict=True):
+            for i in range(repeats):
+                s = stride if i == 0 else 1
+                skippable = s == 1 and c_in == width
+                choices = [o for o in self.ops if o != ZERO or skippable]
+                blocks.append({"c_in": c_in, "c_out": width, "stride": s, "choices": choices})
+                c_in = width
+        return blocks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _block_channels(block: str) -> int:
+    match = re.search(r"_c(\d+)", block)
+    if not match:
+        raise BadInput(f"block string {block!r} has no output channels (_cN)")
+    return int(match.group(1))
+
+
+def default_space(in_channels: int, input_size: int, num_classes: int) -> dict:
+    """Stem and stages sized for the dataset. Small images keep their resolution (stride-1 stem):
+    28 px (Fashion-MNIST, MNIST) gets a narrow space of roughly 2M-20M ops, 32 px (CIFAR) MobileNetV2's
+    CIFAR layout; ImageNet-size inputs get ProxylessNAS's mobile layout (stride-2 stem, 224 px)."""
+    if input_size <= 28:
+        return {
+            "stem_channels": 8,
+            "stem_stride": 1,
+            "first_block": None,
+            "widths": [16, 32, 48, 64],
+            "repeats": [2, 3, 3, 2],
+            "strides": [2, 2, 2, 1],
+            "head_channels": 0,
+        }
+    if input_size <= 64:
+        return {
+            "stem_channels": 32,
+            "stem_stride": 1,
+            "first_block": "ir_r1_k3_s1_e1_c16",
+            "widths": [24, 32, 64, 96, 160],
+            "repeats": [2, 3, 4, 3, 3],
+            "strides": [1, 2, 2, 1, 2],
+            "head_channels": 1280,
+        }
+    return {
+        "stem_channels": 32,
+        "stem_stride": 2,
+        "first_block": "ir_r1_k3_s1_e1_c16",
+        "widths": [32, 40, 80, 96, 192, 320],
+        "repeats": [4, 4, 4, 4, 4, 1],
+        "strides": [2, 2, 2, 1, 2, 1],
+        "head_channels": 1280,
+    }

@@ -1,0 +1,193 @@
+"""The ProxylessNAS super-network: a fixed stem and head around one choice block per searchable block.
+
+Each choice block (`MixedOp`) holds every candidate as a complete MBConv block of the model zoo (with
+its residual where the block has one) and `nn.Identity` for `zero`; exactly one candidate runs per
+forward pass. The derived network is the zoo's `mbconv` architecture with the chosen block strings, so
+`mncli train ARCH.safetensors` trains it from scratch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mncli.search.space import ZERO, SearchSpace, parse_op
+
+# The zoo's `mbconv` settings the candidates are built with, so the derived network is the same blocks.
+ACT = "relu6"
+BN_EPS = 1e-3
+
+
+def block_string(kernel: int, expansion: int, stride: int, c_out: int, repeats: int = 1) -> str:
+    return f"ir_r{repeats}_k{kernel}_s{stride}_e{expansion}_c{c_out}"
+
+
+def make_candidate(choice: str, c_in: int, c_out: int, stride: int) -> nn.Module:
+    """One candidate operation as the zoo builds the block (identity for `zero`)."""
+    if choice == ZERO:
+        return nn.Identity()
+    from mncli.models.blocks import MBConvBlock
+
+    op = parse_op(choice)
+    return MBConvBlock(
+        c_in, c_out, kernel=op.kernel, stride=stride, expand=op.expansion, act=ACT, bn_eps=BN_EPS
+    )
+
+
+class MixedOp(nn.Module):
+    """A choice block: candidates, architecture parameters alpha, binary gates, one active path.
+
+    alpha and the gates are plain tensors, not registered parameters, so the weight optimiser and the
+    weight state dict never see them; `ArchitectureSearch` owns their optimiser and checkpointing.
+    """
+
+    def __init__(self, choices: list[str], c_in: int, c_out: int, stride: int, alpha_std: float = 1e-3):
+        super().__init__()
+        self.choices = list(choices)
+        self.c_in, self.c_out, self.stride = c_in, c_out, stride
+        self.candidates = nn.ModuleList(make_candidate(c, c_in, c_out, stride) for c in self.choices)
+        self.alpha = torch.empty(len(choices)).normal_(0.0, alpha_std).requires_grad_(True)
+        self.gates = torch.zeros(len(choices), requires_grad=True)
+        # "path": run `active` in training (argmax in eval); "fixed": always `active`;
+        # "arch": binary gates + estimator; "argmax": the most likely candidate
+        self.mode = "argmax"
+        self.active = 0
+        self.involved: list[int] = [0]
+
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.alpha, dim=0)
+
+    def argmax(self) -> int:
+        return int(torch.argmax(self.alpha.detach()).item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "arch":
+            return _BinaryGateGradient.apply(x, self.gates, self)
+        if self.mode == "fixed" or (self.mode == "path" and self.training):
+            return self.candidates[self.active](x)
+        return self.candidates[self.argmax()](x)
+
+
+class _BinaryGateGradient(torch.autograd.Function):
+    """Forward through the active path only; backward gives dL/dx through that path and
+    dL/dg_j = sum(o_j(x) * dL/dy) for every involved candidate j, recomputing each o_j without keeping
+    its graph, so memory stays that of one path."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gates: torch.Tensor, mixed: MixedOp) -> torch.Tensor:
+        detached = x.detach().requires_grad_(x.requires_grad)
+        with torch.enable_grad():
+            out = mixed.candidates[mixed.active](detached)
+        ctx.mixed, ctx.detached, ctx.out = mixed, detached, out
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        mixed, detached, out = ctx.mixed, ctx.detached, ctx.out
+        grad_x = None
+        if detached.requires_grad:
+            (grad_x,) = torch.autograd.grad(out, detached, grad_out, retain_graph=False)
+        gate_grads = torch.zeros(len(mixed.choices), dtype=torch.float32, device=grad_out.device)
+        with torch.no_grad():
+            for j in mixed.involved:
+                o_j = out if j == mixed.active else mixed.candidates[j](detached)
+                gate_grads[j] = (o_j.float() * grad_out.float()).sum()
+        ctx.mixed = ctx.detached = ctx.out = None
+        return grad_x, gate_grads.to(mixed.gates.device), None
+
+
+class SuperNet(nn.Module):
+    """stem -> [fixed first block] -> choice blocks -> [head 1x1 conv] -> pool -> classifier."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        super().__init__()
+        from mncli.models import create_model
+        from mncli.models.blocks import init_weights
+
+        self.space = space
+        blocks = space.blocks()
+        torch.manual_seed(seed)
+        # The zoo builds stem, head and classifier exactly as the derived network will have them.
+        template = create_model(
+            "mbconv", **fixed_args(space, derived_blocks(space, [b["choices"][0] for b in blocks]))
+        )
+        self.stem = template.stem
+        n_first = 1 if space.first_block else 0
+        self.first = nn.Sequential(*list(template.blocks)[:n_first])
+        self.head = template.head if hasattr(template, "head") else nn.Identity()
+        self.pool, self.flatten, self.dropout = template.pool, template.flatten, template.dropout
+        self.classifier = template.classifier
+        generator = torch.Generator().manual_seed(seed)
+        self.mixed = nn.ModuleList()
+        for block in blocks:
+            op = MixedOp(block["choices"], block["c_in"], block["c_out"], block["stride"])
+            op.alpha = (
+                torch.empty(len(op.choices)).normal_(0.0, 1e-3, generator=generator).requires_grad_(True)
+            )
+            self.mixed.append(op)
+        init_weights(self.mixed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(self.stem(x))
+        for op in self.mixed:
+            x = op(x)
+        return self.classifier(self.dropout(self.flatten(self.pool(self.head(x)))))
+
+    def arch_parameters(self) -> list[torch.Tensor]:
+        return [op.alpha for op in self.mixed]
+
+    def set_mode(self, mode: str) -> None:
+        for op in self.mixed:
+            op.mode = mode
+
+    def chosen(self) -> list[str]:
+        return [op.choices[op.argmax()] for op in self.mixed]
+
+    def chosen_indices(self) -> list[int]:
+        return [op.argmax() for op in self.mixed]
+
+    def probabilities(self) -> list[dict[str, float]]:
+        return [
+            {c: round(float(p), 6) for c, p in zip(op.choices, op.probs().detach().tolist(), strict=True)}
+            for op in self.mixed
+        ]
+
+
+def fixed_args(space: SearchSpace, blocks: list[str]) -> dict:
+    """Arguments of the zoo's `mbconv` family for the given block strings in this space."""
+    return {
+        "blocks": ([space.first_block] if space.first_block else []) + list(blocks),
+        "stem_channels": space.stem_channels,
+        "stem_stride": space.stem_stride,
+        "head_channels": space.head_channels,
+        "act": ACT,
+        "num_classes": space.num_classes,
+        "in_channels": space.in_channels,
+        "input_size": space.input_size,
+    }
+
+
+def derived_blocks(space: SearchSpace, choices: list[str]) -> list[str]:
+    """Block strings of the derived network: zero blocks dropped, consecutive identical blocks of a
+    stage merged into one string with repeats (stride on its first block, as the zoo reads them)."""
+    strings: list[tuple[int, int, int, int, int]] = []  # kernel, expansion, stride, c_out, repeats
+    for block, choice in zip(space.blocks(), choices, strict=True):
+        if choice == ZERO:
+            continue
+        op = parse_op(choice)
+        last = strings[-1] if strings else None
+        if (
+            last is not None
+            and block["stride"] == 1
+            and last[0] == op.kernel
+            and last[1] == op.expansion
+            and last[3] == block["c_out"]
+        ):
+            strings[-1] = (*last[:4], last[4] + 1)
+        else:
+            strings.append((op.kernel, op.expansion, block["stride"], block["c_out"], 1))
+    return [block_string(k, e, s, c, r) for k, e, s, c, r in strings]
+
+
+def derived_arch(space: SearchSpace, choices: list[str]) -> dict:
+    return {"name": "mbconv", "args": fixed_args(space, derived_blocks(space, choices))}

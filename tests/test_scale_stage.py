@@ -1,0 +1,176 @@
+"""`mncli scale`: one point, a grid, single points and collect, budgets, and the make -j fan-out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mncli.cli.app import main
+
+DATA = "synthetic:classes=3,shape=1x12x12,train=96,test=24"
+GRID = "1.4,1.2 1.2,1.3 1.0,1.4"
+TRAIN = ["--epochs", "1", "-b", "16", "--device", "cpu", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def arch(tmp_path_factory) -> Path:
+    from mncli.bundle import bundle_from_arch, save_bundle
+
+    path = tmp_path_factory.mktemp("scale") / "arch.safetensors"
+    args = {
+        "blocks": ["ir_r1_k3_s2_e3_c8", "ir_r1_k5_s1_e3_c8", "ir_r1_k3_s2_e3_c16"],
+        "stem_channels": 8,
+        "head_channels": 0,
+        "num_classes": 3,
+        "in_channels": 1,
+        "input_size": 12,
+    }
+    save_bundle(bundle_from_arch("mbconv", args), path, stage="search", weights=False)
+    return path
+
+
+def test_one_point_scales_depth_and_width_and_keeps_a_fixed_resolution(arch, tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    code = main(
+        [
+            "scale",
+            str(arch),
+            "--phi",
+            "2",
+            "--alpha",
+            "1.5",
+            "--beta",
+            "1.2",
+            "-d",
+            "fashion-mnist",
+            "-o",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    from mncli.artifact import load_artifact
+
+    tensors, manifest = load_artifact(out)
+    assert tensors == {} and manifest["stage"] == "scale"
+    assert manifest["parents"][0]["path"].endswith("arch.safetensors")
+    args = manifest["arch"]["args"]
+    # stage of 8 channels: 2 blocks -> ceil(2.25 * 2) = 5, the added ones copies of its last block
+    assert args["blocks"] == ["ir_r1_k3_s2_e3_c8", "ir_r4_k5_s1_e3_c8", "ir_r3_k3_s2_e3_c16"]
+    assert args["width_mult"] == pytest.approx(1.44) and args["input_size"] == 12
+    assert result["depth_mult"] == pytest.approx(2.25)
+    assert manifest["metrics"]["score"]["ops"] > 0
+
+
+def test_grid_trains_every_point_and_records_the_choice(arch, tmp_path, capsys):
+    out = tmp_path / "g.safetensors"
+    code = main(
+        [
+            "scale",
+            str(arch),
+            "--phi",
+            "2",
+            "--grid",
+            "--grid-points",
+            GRID,
+            "-d",
+            DATA,
+            *TRAIN,
+            "-o",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    from mncli.artifact import read_manifest
+
+    manifest = read_manifest(out)
+    record = manifest["scale"]
+    assert [p["point"] for p in record["points"]] == [0, 1, 2]
+    accs = [p["val_acc"] for p in record["points"]]
+    best = max(range(3), key=lambda k: (accs[k], -record["points"][k]["score"]["score"], -k))
+    assert record["choice"] == result["choice"] == best
+    assert manifest["arch"] == record["points"][best]["arch"]
+    assert all(p["status"] == "trained" for p in record["points"])
+    for k in range(3):
+        assert (tmp_path / f"g.point{k}.safetensors").exists()
+    if record["plot"]:
+        assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_budget_drops_points_before_training(arch, tmp_path, capsys):
+    from mncli.bundle import load_bundle
+    from mncli.search.grid import scaled_point
+    from mncli.search.scaling import grid_points, parse_grid
+
+    source = load_bundle(arch, require_weights=False)
+    ops = [
+        scaled_point(source.arch, p, 2.0, True, "cifar100")["score"]["ops"]
+        for p in grid_points(parse_grid(GRID))
+    ]
+    assert len(set(ops)) == 3
+    budget = sorted(ops)[1]  # the two cheapest fit
+    out = tmp_path / "b.safetensors"
+    code = main(
+        [
+            "scale",
+            str(arch),
+            "--phi",
+            "2",
+            "--grid",
+            "--grid-points",
+            GRID,
+            "--budget-ops",
+            str(budget),
+            "-d",
+            DATA,
+            *TRAIN,
+            "-o",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    points = json.loads(capsys.readouterr().out)["points"]
+    over = [p for p in points if p["score"]["ops"] > budget]
+    assert len(over) == 1 and over[0]["status"] == "over budget" and over[0]["val_acc"] is None
+    assert (
+        main(
+            [
+                "scale",
+                str(arch),
+                "--phi",
+                "2",
+                "--grid",
+                "--grid-points",
+                GRID,
+                "--budget-ops",
+                "10",
+                "-d",
+                DATA,
+                "-o",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "every grid point is over budget" in capsys.readouterr().err
+
+
+def test_bad_inputs(arch, tmp_path, capsys):
+    out = str(tmp_path / "x.safetensors")
+    assert main(["scale", str(arch), "-o", out]) == 2  # no --phi
+    assert main(["scale", str(arch), "--phi", "2", "--grid", "-o", out]) == 2  # no dataset
+    assert (
+        main(["scale", str(arch), "--phi", "1", "--point", "9", "--grid-points", GRID, "-d", DATA, "-o", out])
+        == 2
+    )
+    assert main(["scale", str(arch), "--collect", "-o", out]) == 2  # no point files
+    assert "no point files" in capsys.readouterr().err
+    assert (
+        main(["scale", str(arch), "--phi", "1", "--grid-points", "1.2", "--grid", "-d", DATA, "-o", out]) == 2
+    )

@@ -1,0 +1,102 @@
+"""`mncli search` end to end on a tiny synthetic dataset: the artifact, its manifest, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mncli.cli.app import main
+
+DATA = "synthetic:classes=3,shape=1x12x12,train=96,test=24"
+SPACE = [
+    "--widths", "8,16", "--repeats", "2,1", "--strides", "2,2", "--stem-channels", "8",
+    "--head-channels", "0", "--ops", "k3_e3,k5_e3,zero",
+]  # fmt: skip
+QUICK = ["--warmup-epochs", "1", "--epochs", "1", "-b", "16", "--arch-every", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "arch.safetensors"
+    return out, main(["search", "-d", DATA, *SPACE, *QUICK, "--target-ops", "2e5", "-o", str(out), "--json"])
+
+
+def test_search_writes_an_architecture_only_artifact(searched, capsys):
+    from mncli.artifact import load_artifact
+    from mncli.bundle import load_bundle
+    from mncli.models import input_shape
+    from mncli.scoring import score_model
+
+    out, code = searched
+    assert code == 0
+    tensors, manifest = load_artifact(out)
+    assert tensors == {}
+    assert manifest["stage"] == "search" and manifest["arch"]["name"] == "mbconv"
+    search = manifest["search"]
+    assert len(search["blocks"]) == 3
+    for block in search["blocks"]:
+        assert sum(block["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert block["chosen"] in block["probabilities"]
+    assert search["history"][-1]["phase"] == "search"
+    bundle = load_bundle(out, require_weights=False)
+    counted = score_model(bundle.model, {}, input_shape=input_shape(bundle.arch))["ops"]
+    assert search["derived_cost"] == pytest.approx(counted)
+    assert search["derived_cost"] <= 2e5
+    assert manifest["metrics"]["score"]["ops"] == pytest.approx(counted)
+
+
+def test_the_derived_network_trains(searched):
+    from mncli.bundle import load_bundle
+
+    bundle = load_bundle(searched[0], require_weights=False)
+    model = bundle.model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 3, (8,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert model(x).shape == (8, 3)
+
+
+def test_impossible_target_is_bad_input(tmp_path, capsys):
+    code = main(
+        ["search", "-d", DATA, *SPACE, *QUICK, "--target-ops", "1000", "-o", str(tmp_path / "a.safetensors")]
+    )
+    assert code == 2
+    assert "below the cheapest network" in capsys.readouterr().err
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_unknown_op_and_conflicting_targets_are_bad_input(tmp_path, capsys):
+    out = str(tmp_path / "a.safetensors")
+    assert main(["search", "-d", DATA, "--ops", "k3_e3,dilated", "-o", out]) == 2
+    assert "unknown candidate op 'dilated'" in capsys.readouterr().err
+    assert main(["search", "-d", DATA, "--target-ops", "1e6", "--target-params", "1e4", "-o", out]) == 2
+    assert "give one cost target" in capsys.readouterr().err
+    assert main(["search", "-d", DATA, "--cost", "params", "--target-ops", "1e6", "-o", out]) == 2
+
+
+def test_json_result_names_costs(searched, tmp_path, capsys):
+    out = tmp_path / "b.safetensors"
+    code = main(
+        [
+            "search",
+            "-d",
+            DATA,
+            *SPACE,
+            *QUICK,
+            "--target-params",
+            "2500",
+            "--binary-mode",
+            "two",
+            "-o",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cost"] == "params" and result["target"] == 2500
+    assert result["derived_cost"] == pytest.approx(result["score"]["params"])
