@@ -26,7 +26,7 @@ def chain(tmp_path_factory):
 
 def test_train_prune_ternarize_quantize_score(chain, capsys):
     fp, pruned, tern, quant = (chain / f"{n}.safetensors" for n in ("fp", "pruned", "tern", "quant"))
-    run_json(capsys, "train", "--arch", "test-cnn", *FAST, "--epochs", "2", "-o", str(fp))
+    run_json(capsys, "train", "--arch", "test-mbconv", *FAST, "--epochs", "2", "-o", str(fp))
     run_json(
         capsys, "prune", str(fp), *FAST, "--method", "agp", "--sparsity", "0.5",
         "--epochs", "2", "--start", "0", "--end", "2", "--freq", "1", "-o", str(pruned),
@@ -40,6 +40,7 @@ def test_train_prune_ternarize_quantize_score(chain, capsys):
     from mncli.bundle import load_bundle
 
     pruned_b, tern_b, quant_b = (load_bundle(p) for p in (pruned, tern, quant))
+    # test-mbconv has depthwise convs: pruned, but left full precision by ternarize
     for name, spec in pruned_b.specs.items():
         if spec.get("mask"):
             zeros = pruned_b.model.get_submodule(name).weight == 0

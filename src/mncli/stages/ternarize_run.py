@@ -99,7 +99,7 @@ def _attach(cfg: TernarizeConfig, model, names, masks, ini_c: float, lambda_div:
     return attach(model, names, lambda n, w: TTQWeight(w, threshold, masks.get(n), init=cfg.scale_init))
 
 
-def _fit(model, opts, data, callback, phase: str, epochs: int, overrides: dict) -> dict:
+def _fit(model, opts, data, callbacks: list, phase: str, epochs: int, overrides: dict) -> dict:
     from dataclasses import replace
 
     from mncli.stages.train import run_training
@@ -107,15 +107,19 @@ def _fit(model, opts, data, callback, phase: str, epochs: int, overrides: dict) 
     if epochs == 0:
         return {"epochs": 0}
     result = run_training(
-        model, replace(opts, epochs=epochs), data, callbacks=[callback], phase=phase, **overrides
+        model, replace(opts, epochs=epochs), data, callbacks=callbacks, phase=phase, **overrides
     )
     return {"epochs": epochs, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
             "history": result.history}  # fmt: skip
 
 
-def _train(cfg: TernarizeConfig, model, layers: dict, opts, data) -> dict:
+def _train(cfg: TernarizeConfig, model, layers: dict, opts, data, pruned_others: list[str]) -> dict:
     from mncli.compress.ec2t import EC2TCallback
     from mncli.compress.ttq import TTQCallback
+    from mncli.stages.train_run import KeepMasks
+
+    # Pruned layers that stay full precision (depthwise, stem...) keep their zeros too.
+    keep = [KeepMasks(model, pruned_others)] if pruned_others else []
 
     d = method_defaults(cfg)
     overrides = _overrides(cfg, opts.epochs)
@@ -124,16 +128,16 @@ def _train(cfg: TernarizeConfig, model, layers: dict, opts, data) -> dict:
         scale_lr = cfg.scale_lr if cfg.scale_lr is not None else opts.lr
         log["scale_lr"] = scale_lr
         callback = TTQCallback(model, layers, scale_lr)
-        log["fit"] = _fit(model, opts, data, callback, "ttq", opts.epochs, overrides)
+        log["fit"] = _fit(model, opts, data, [callback, *keep], "ttq", opts.epochs, overrides)
         return log
     latent_lr = cfg.latent_lr if cfg.latent_lr is not None else d["latent_lr"]
     centroid_lr = cfg.centroid_lr if cfg.centroid_lr is not None else d["centroid_lr"]
     log.update(latent_lr=latent_lr, centroid_lr=centroid_lr)
     phase1 = EC2TCallback(model, layers, latent_lr, centroid_lr)
-    log["fit"] = _fit(model, opts, data, phase1, "ec2t", opts.epochs, overrides)
+    log["fit"] = _fit(model, opts, data, [phase1, *keep], "ec2t", opts.epochs, overrides)
     retrain = cfg.retrain_epochs if cfg.retrain_epochs is not None else d["retrain_epochs"]
     phase2 = EC2TCallback(model, layers, latent_lr, centroid_lr, retrain=True)  # freezes the assignment
-    log["retrain"] = _fit(model, opts, data, phase2, "retrain", retrain, _overrides(cfg, retrain))
+    log["retrain"] = _fit(model, opts, data, [phase2, *keep], "retrain", retrain, _overrides(cfg, retrain))
     log["retrain_epochs"] = retrain
     return log
 
@@ -190,7 +194,8 @@ def ternarize(
         f"ternarizing {len(names)} layers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
     )
     layers = _attach(cfg, model, names, masks, ini_c, lambda_div)
-    training = _train(cfg, model, layers, opts, data)
+    pruned_others = [n for n, s in specs.items() if s.get("mask") and n not in names]
+    training = _train(cfg, model, layers, opts, data, pruned_others)
     stats = bake(model, layers)
     method = {"ec2t": "ec2t", "ttq": "ttq-mit" if cfg.variant == "mit" else "ttq"}[cfg.method]
     new_specs = ternary_specs(specs, stats, method, {})
