@@ -28,13 +28,39 @@ def test_train_prune_ternarize_quantize_score(chain, capsys):
     fp, pruned, tern, quant = (chain / f"{n}.safetensors" for n in ("fp", "pruned", "tern", "quant"))
     run_json(capsys, "train", "--arch", "test-mbconv", *FAST, "--epochs", "2", "-o", str(fp))
     run_json(
-        capsys, "prune", str(fp), *FAST, "--method", "agp", "--sparsity", "0.5",
-        "--epochs", "2", "--start", "0", "--end", "2", "--freq", "1", "-o", str(pruned),
+        capsys,
+        "prune",
+        str(fp),
+        *FAST,
+        "--method",
+        "agp",
+        "--sparsity",
+        "0.5",
+        "--epochs",
+        "2",
+        "--start",
+        "0",
+        "--end",
+        "2",
+        "--freq",
+        "1",
+        "-o",
+        str(pruned),
     )
     run_json(capsys, "ternarize", str(pruned), *FAST, "--method", "ttq", "--epochs", "1", "-o", str(tern))
     run_json(
-        capsys, "quantize", str(tern), *FAST, "--weight-bits", "8", "--act-bits", "8",
-        "--epochs", "1", "-o", str(quant),
+        capsys,
+        "quantize",
+        str(tern),
+        *FAST,
+        "--weight-bits",
+        "8",
+        "--act-bits",
+        "8",
+        "--epochs",
+        "1",
+        "-o",
+        str(quant),
     )
 
     from mncli.bundle import load_bundle

@@ -41,7 +41,10 @@ def test_default_selection_excludes_stem_and_classifier():
     net = Net()
     assert select_layers(net) == ["block.conv1", "block.dw", "block.shortcut", "block.se.reduce"]
     assert "block.dw" not in select_layers(net, include_depthwise=False)
-    assert select_layers(net, exclude_roles=("stem", "classifier", "shortcut", "se")) == ["block.conv1", "block.dw"]
+    assert select_layers(net, exclude_roles=("stem", "classifier", "shortcut", "se")) == [
+        "block.conv1",
+        "block.dw",
+    ]
 
 
 def test_patterns_select_any_role_and_exclusions_remove():
@@ -54,7 +57,9 @@ def test_patterns_select_any_role_and_exclusions_remove():
 
 def test_recipe_files_yaml_and_json(tmp_path):
     y = tmp_path / "r.yaml"
-    y.write_text("layers:\n  'block.*': {sparsity: 0.5}\n  block.conv1: {sparsity: 0.9}\n  fc: {sparsity: 0.1}\n")
+    y.write_text(
+        "layers:\n  'block.*': {sparsity: 0.5}\n  block.conv1: {sparsity: 0.9}\n  fc: {sparsity: 0.1}\n"
+    )
     recipe = load_recipe(y, {"sparsity"})
     per_layer = resolve_recipe(Net(), recipe, ["block.conv1"])
     assert per_layer["block.conv1"] == {"sparsity": 0.9}  # later pattern overrides
