@@ -1,14 +1,17 @@
 """Baking ternary parametrizations: every layer holds at most {-wn, 0, +wp}, wn, wp > 0; specs agree."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from mncli.artifact import codec
+from mncli.artifact.codec import ternary_scales
 from mncli.compress.ec2t import EC2TWeight
-from mncli.compress.ternary import attach, bake, check_ternary, pruning_masks, ternary_specs
+from mncli.compress.ternary import attach, bake, pruning_masks, ternary_specs
 from mncli.compress.ttq import MITTernaryWeight, TTQWeight
+from mncli.errors import BadInput
 
 
 class Tiny(nn.Module):
@@ -50,7 +53,9 @@ def test_baked_layers_are_ternary(seed, method, pruned):
     for name in ("conv", "fc"):
         weight = dict(model.named_modules())[name].weight
         assert isinstance(weight, nn.Parameter)
-        check_ternary(weight, new_specs[name])
+        weight_spec = new_specs[name]["weight"]
+        assert weight_spec["format"] == "ternary" and weight_spec["wp"] > 0 and weight_spec["wn"] > 0
+        ternary_scales(weight, weight_spec, name)  # BadInput unless only {-wn, 0, +wp}
         assert len(weight.unique()) <= 3
         spec = new_specs[name]
         assert spec["weight"]["bits"] == 2 and spec["method"] == method and spec["tag"] == 1
@@ -70,9 +75,5 @@ def test_baked_layers_are_ternary(seed, method, pruned):
 
 def test_check_ternary_rejects_other_values():
     weight = torch.tensor([0.5, 0.0, -0.25, 0.3])
-    try:
-        check_ternary(weight, {"weight": {"format": "ternary", "bits": 2, "wp": 0.5, "wn": 0.25}})
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("0.3 is not a ternary value")
+    with pytest.raises(BadInput, match="at most 3"):  # 0.3 is not a ternary value
+        ternary_scales(weight, {"format": "ternary", "bits": 2, "wp": 0.5, "wn": 0.25}, "conv")

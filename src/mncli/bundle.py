@@ -108,12 +108,11 @@ def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
 
 def score_summary(model: nn.Module, specs: dict, arch: dict, dataset: str | None) -> dict | None:
     """The MicroNet score of a model, as recorded in manifests (params, ops, score, task)."""
+    from mncli.data import canonical_name
     from mncli.models import input_shape
     from mncli.scoring import score_model
-    from mncli.scoring.report import OTHER_DATASETS, TASKS
 
-    base = (dataset or "").split(":", 1)[0]  # synthetic:classes=.. counts as synthetic
-    task = base if base in TASKS or base in OTHER_DATASETS else "cifar100"
+    task = canonical_name(dataset) if dataset else "cifar100"
     report = score_model(model, specs, input_shape=input_shape(arch), task=task)
     keys = ("params", "mults", "adds", "ops", "score")
     summary = {k: report[k] for k in keys if k in report}

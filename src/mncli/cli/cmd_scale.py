@@ -14,12 +14,15 @@ from mncli.cli.options import (
     Download,
     InputArtifact,
     Json,
+    LabelSmoothing,
     LearningRate,
+    MaxStepsPerEpoch,
     Optimizer,
     OutputArtifact,
     Schedule,
     Seed,
     Subset,
+    ValSize,
     WeightDecay,
 )
 
@@ -83,10 +86,8 @@ def register(app: typer.Typer) -> None:
         optimizer: Optimizer = "sgd",
         weight_decay: WeightDecay = 5e-4,
         schedule: Schedule = "cosine",
-        label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")] = 0.0,
-        max_steps: Annotated[
-            int | None, typer.Option("--max-steps-per-epoch", help="Cap on batches per epoch (quick trials).")
-        ] = None,
+        label_smoothing: LabelSmoothing = 0.0,
+        max_steps: MaxStepsPerEpoch = None,
         augment: Annotated[
             str | None, typer.Option("--augment", help='default, none or e.g. "crop=4,flip".')
         ] = None,
@@ -94,9 +95,7 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDir = None,
         download: Download = False,
         subset: Subset = None,
-        val_size: Annotated[
-            int | None, typer.Option("--val-size", help="Images held out for validation.")
-        ] = None,
+        val_size: ValSize = None,
         seed: Seed = 0,
         device: Device = "auto",
         as_json: Json = False,

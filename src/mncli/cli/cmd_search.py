@@ -15,12 +15,14 @@ from mncli.cli.options import (
     Download,
     Json,
     LearningRate,
+    MaxStepsPerEpoch,
     Optimizer,
     OutputArtifact,
     Resume,
     Schedule,
     Seed,
     Subset,
+    ValSize,
     WeightDecay,
 )
 
@@ -128,9 +130,7 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--label-smoothing", help="Of the weight steps.")
         ] = 0.1,
         schedule: Schedule = "cosine",
-        max_steps: Annotated[
-            int | None, typer.Option("--max-steps-per-epoch", help="Cap on batches per epoch (quick trials).")
-        ] = None,
+        max_steps: MaxStepsPerEpoch = None,
         augment: Annotated[
             str | None, typer.Option("--augment", help='default, none or e.g. "crop=4,flip".')
         ] = None,
@@ -139,9 +139,7 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDir = None,
         download: Download = False,
         subset: Subset = None,
-        val_size: Annotated[
-            int | None, typer.Option("--val-size", help="Images held out for validation.")
-        ] = None,
+        val_size: ValSize = None,
         seed: Seed = 0,
         device: Device = "auto",
         as_json: Json = False,

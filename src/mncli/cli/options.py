@@ -59,6 +59,9 @@ KdTemperature = Annotated[float, typer.Option("--kd-temperature", help="KD tempe
 KdStudentWeight = Annotated[float, typer.Option("--kd-student-weight", help="KD: weight of CE.")]
 KdDistillWeight = Annotated[float, typer.Option("--kd-distill-weight", help="KD: weight of T^2 * KL.")]
 ValSize = Annotated[int | None, typer.Option("--val-size", help="Images held out for validation.")]
+MaxStepsPerEpoch = Annotated[
+    int | None, typer.Option("--max-steps-per-epoch", help="Cap on batches per epoch (quick trials).")
+]
 Precision = Annotated[
     str, typer.Option("--precision", help="auto, fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA).")
 ]

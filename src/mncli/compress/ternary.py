@@ -185,16 +185,6 @@ def ternary_specs(
     return out
 
 
-def check_ternary(weight: torch.Tensor, spec: dict) -> None:
-    """Raise ValueError unless `weight` holds only {-wn, 0, +wp} of its ternary spec with wp, wn > 0."""
-    w = spec["weight"]
-    if w.get("format") != "ternary" or not (w["wp"] > 0 and w["wn"] > 0):
-        raise ValueError(f"not a proper ternary spec: {w}")
-    allowed = torch.tensor([-w["wn"], 0.0, w["wp"]], dtype=weight.dtype)
-    if not torch.isin(weight.detach().cpu().flatten(), allowed).all():
-        raise ValueError(f"values outside {{-{w['wn']}, 0, {w['wp']}}}")
-
-
 def codes_sparsity(model: nn.Module, params: dict[str, TernaryParametrization]) -> float:
     """Fraction of zero codes over all ternarized layers (what bake would store)."""
     modules = dict(model.named_modules())

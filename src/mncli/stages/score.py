@@ -39,12 +39,9 @@ class ScoreConfig:
 
 
 def _check_dataset(dataset: str) -> str:
-    name = dataset.lower().split(":", 1)[0]  # synthetic:classes=..,shape=.. scores as synthetic
-    if name not in DATASET_SHAPES and name != "synthetic":
-        raise BadInput(
-            f"unknown dataset {dataset!r}", hint="cifar100, imagenet, cifar10, fashion-mnist or mnist"
-        )
-    return name
+    from mncli.data import canonical_name  # synthetic:classes=..,shape=.. scores as synthetic
+
+    return canonical_name(dataset)
 
 
 def arch_args_for(name: str, dataset: str, opts: dict[str, Any]) -> dict[str, Any]:
