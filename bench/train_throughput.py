@@ -1,10 +1,11 @@
 """Training throughput: a plain fp32 eager PyTorch loop vs mncli's engine with its device defaults.
 
 The same MBConv network (28x28x1 inputs, batch 128) is trained for a fixed number of steps both ways,
-in one process, alternating the two several times; the median images/s of each and their ratio go to
-bench/results/train_throughput.json. The plain loop gets its batches already normalised in memory
-(the cheapest input path there is), while the engine's figure includes its on-the-fly batch
-augmentation, so the ratio is, if anything, conservative.
+alternating the two several times, each measurement in a fresh Python process (the engine tunes
+process-wide settings such as the allocator, which must not leak into the plain loop's figure); the
+median images/s of each and their ratio go to bench/results/train_throughput.json. The plain loop
+gets its batches already normalised in memory (the cheapest input path there is), while the engine's
+figure includes its on-the-fly batch augmentation, so the ratio is, if anything, conservative.
 
     python bench/train_throughput.py [--steps 40] [--repeats 3] [--variants] [--threads N]
 
@@ -19,6 +20,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,33 +90,57 @@ def _no_val(data):
     return trimmed
 
 
+MEASURES = {
+    "plain_fp32": lambda data, steps: (plain_loop(data, steps), {}),
+    "engine": lambda data, steps: engine(data, steps),
+    "engine_fp32_channels_last": lambda data, steps: engine(data, steps, precision="fp32"),
+}
+
+
+def measure_in_subprocess(name: str, steps: int, threads: int) -> tuple[float, dict, str]:
+    """Run one measurement in a fresh interpreter; returns (images/s, engine runtime, data source)."""
+    env = dict(os.environ, MNCLI_NUM_THREADS=str(threads))
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", name, "--steps", str(steps), "--threads", str(threads)],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["images_per_s"], result["runtime"], result["data"]
+
+
+def measure_here(name: str, steps: int, threads: int) -> None:
+    from mncli.cli import output
+
+    output.set_verbosity(quiet=True)
+    torch.set_num_threads(threads)
+    data, source = get_data()
+    rate, runtime = MEASURES[name](data, steps)
+    print(json.dumps({"images_per_s": rate, "runtime": runtime, "data": source}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="threads for both loops (default: all cores)")
+    parser.add_argument("--one", choices=sorted(MEASURES), help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json"
     )
     args = parser.parse_args()
-    from mncli.cli import output
-
-    output.set_verbosity(quiet=True)
-    data, source = get_data()
-    runs: dict[str, list[float]] = {"plain_fp32": [], "engine": []}
-    if args.variants:
-        runs["engine_fp32_channels_last"] = []
-    runtime = {}
     threads = args.threads or len(os.sched_getaffinity(0))
-    os.environ["MNCLI_NUM_THREADS"] = str(threads)  # the engine's thread count
-    torch.set_num_threads(threads)
+    if args.one:
+        return measure_here(args.one, args.steps, threads)
+    names = ["plain_fp32", "engine"] + (["engine_fp32_channels_last"] if args.variants else [])
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    runtime, source = {}, ""
     for repeat in range(args.repeats):
-        runs["plain_fp32"].append(plain_loop(data, args.steps))
-        rate, runtime = engine(data, args.steps)
-        runs["engine"].append(rate)
-        if args.variants:
-            runs["engine_fp32_channels_last"].append(engine(data, args.steps, precision="fp32")[0])
+        for name in names:
+            rate, measured_runtime, source = measure_in_subprocess(name, args.steps, threads)
+            runs[name].append(rate)
+            if name == "engine":
+                runtime = measured_runtime
         print(
             f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} img/s" for k, v in runs.items()),
             flush=True,

@@ -10,7 +10,7 @@ import torch
 
 from mncli.cli import output
 from mncli.engine import checkpoint as ckpt
-from mncli.engine import runtime
+from mncli.engine import depthwise, runtime
 from mncli.engine.callbacks import Callback, Context
 from mncli.engine.config import TrainConfig
 from mncli.engine.evaluate import evaluate
@@ -58,13 +58,13 @@ def fit(
         model.to(memory_format=torch.channels_last)
     patched = []
     if rt.device.type == "cpu" and rt.autocast_dtype is torch.bfloat16:
-        patched += runtime.keep_fp32_strided_depthwise(model)
+        patched += depthwise.patch_strided_depthwise(model)
     if teacher is not None:
         teacher.to(rt.device).eval().requires_grad_(False)
         if channels_last:
             teacher.to(memory_format=torch.channels_last)
         if patched:
-            patched += runtime.keep_fp32_strided_depthwise(teacher)
+            patched += depthwise.patch_strided_depthwise(teacher)
     forward_model = model
     if rt.world_size > 1:
         forward_model = torch.nn.parallel.DistributedDataParallel(
@@ -218,7 +218,7 @@ def fit(
         for callback in callbacks:
             callback.on_train_end(ctx)
     finally:
-        runtime.restore_forward(patched)
+        depthwise.restore_forward(patched)
         if channels_last:  # hand the models back in the ordinary layout
             for module in (model, teacher):
                 if module is not None:

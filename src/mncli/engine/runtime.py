@@ -1,15 +1,16 @@
 """Where and how the loop runs: device, threads, precision, memory format, and DDP under torchrun.
 
 CPU defaults (measured by bench/train_throughput.py): channels_last, and bfloat16 autocast when the
-processor has native bf16 (AVX512-BF16 / AMX; oneDNN reports it). oneDNN's bf16 backward of *strided
-depthwise* convolutions is many times slower than fp32 on such CPUs, so those layers run in fp32 inside
-the autocast region (`keep_fp32_strided_depthwise`). CUDA: fp16 AMP with a grad scaler (bf16 where the
+processor has native bf16 (AVX512-BF16 / AMX; oneDNN reports it), with strided depthwise convs routed
+around oneDNN's slow bf16 input gradient (depthwise.py). CUDA: fp16 AMP with a grad scaler (bf16 where the
 GPU has it), channels_last, pinned memory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    allocator: str = "default"
 
     @property
     def is_main(self) -> bool:
@@ -39,6 +41,7 @@ class Runtime:
             "channels_last": self.channels_last,
             "threads": self.threads,
             "world_size": self.world_size,
+            "allocator": self.allocator,
             "torch": torch.__version__,
         }
 
@@ -92,6 +95,7 @@ def configure(device: str = "auto", precision: str = "auto", channels_last: bool
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         threads = max(1, available_cores() // max(1, local_world))
     torch.set_num_threads(threads)
+    allocator = "tuned" if dev.type == "cpu" and tune_cpu_allocator() else "default"
     if precision == "auto":
         if dev.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -105,42 +109,31 @@ def configure(device: str = "auto", precision: str = "auto", channels_last: bool
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
-    return Runtime(
-        dev, dtype, True if channels_last is None else channels_last, threads, rank, local_rank, world
-    )
+    cl = True if channels_last is None else channels_last
+    return Runtime(dev, dtype, cl, threads, rank, local_rank, world, allocator)
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the heap for the next step instead of returning them to the OS.
+
+    With glibc's defaults every buffer above a few MB is a fresh mmap, so each training step
+    page-faults its activations in again (zero-filling 15 MB took 19 ms of a 100 ms step here); the
+    settings below are what the usual advice of preloading jemalloc/tcmalloc achieves, without the
+    preload. The heap then stays at its peak size until the process exits. MNCLI_MALLOC_TUNING=0
+    turns this off; a no-op where the C library is not glibc."""
+    if os.environ.get("MNCLI_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20))
+    return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def uses_4d_inputs(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-
-
-def keep_fp32_strided_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Run strided depthwise convs in fp32 inside a CPU bf16 autocast region; returns the patched
-    modules (undo with `restore_forward`)."""
-    patched = []
-    for module in model.modules():
-        if (
-            isinstance(module, torch.nn.Conv2d)
-            and module.groups > 1
-            and module.groups == module.in_channels
-            and max(module.stride) > 1
-            and "forward" not in module.__dict__
-        ):
-            module.forward = _fp32_forward(module)
-            patched.append(module)
-    return patched
-
-
-def _fp32_forward(module: torch.nn.Module):
-    original = type(module).forward
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
-            return original(module, x.float())
-
-    return forward
-
-
-def restore_forward(modules: list[torch.nn.Module]) -> None:
-    for module in modules:
-        module.__dict__.pop("forward", None)
