@@ -145,6 +145,12 @@ def quantize(cfg: QuantizeConfig) -> dict:
     model.to(device)
     before = final_metrics(model, data, device=device)
     score_before = (bundle.manifest.get("metrics") or {}).get("score")
+    n_int = sum(p.int_weight or p.int_act for p in plans.values())
+    val, test = output.fmt_pct(before.get("val_acc")), output.fmt_pct(before.get("test_acc"))
+    output.log(
+        f"before: val acc {val}, test acc {test}; "
+        f"quantizing {n_int} of {len(plans)} layers with {'ptq' if cfg.ptq else cfg.method}"
+    )
 
     _quantize_model(cfg, model, plans, data, device)
     model.to(device)
