@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mncli.errors import BadInput
+from mncli.models import build_model, create_model
 from mncli.search.scaling import (
     DEFAULT_GRID,
     grid_points,
@@ -106,6 +107,16 @@ def test_scaling_micronet_cifar_reproduces_ec2t_winner():
 def test_scaling_mobilenetv2_width_from_its_name():
     out = scale_arch({"name": "mobilenetv2-1.4", "args": {}}, depth=1.0, width=1.1)
     assert out["name"] == "mobilenetv2" and out["args"]["width_mult"] == pytest.approx(1.54)
+
+
+def test_scaling_mobilenetv2_depth_adds_blocks_per_stage():
+    out = scale_arch({"name": "mobilenetv2-cifar", "args": {}}, depth=1.2, width=1.0)
+    assert out["name"] == "mobilenetv2-cifar" and out["args"]["depth_mult"] == pytest.approx(1.2)
+    base = create_model("mobilenetv2-cifar")
+    deeper = build_model(out)
+    # repeats 1,2,3,4,3,3,1 -> ceil(1.2 n): 2,3,4,5,4,4,2
+    assert len(deeper.blocks) == 24 and len(base.blocks) == 17
+    assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in base.parameters())
 
 
 def test_scaling_a_model_without_multipliers_is_bad_input():

@@ -65,6 +65,21 @@ def test_one_point_scales_depth_and_width_and_keeps_a_fixed_resolution(arch, tmp
     assert manifest["metrics"]["score"]["ops"] > 0
 
 
+def test_one_point_on_mobilenetv2_scales_its_depth(tmp_path, capsys):
+    from mncli.artifact import load_artifact
+    from mncli.bundle import bundle_from_arch, save_bundle
+
+    src = tmp_path / "mnv2.safetensors"
+    save_bundle(bundle_from_arch("mobilenetv2-cifar", {}), src, stage="import", weights=False)
+    out = tmp_path / "mnv2-phi1.safetensors"
+    code = main(["scale", str(src), "--phi", "1", "-d", "cifar100", "-o", str(out), "--json"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    args = load_artifact(out)[1]["arch"]["args"]
+    assert args["depth_mult"] == pytest.approx(1.2) and args["width_mult"] == pytest.approx(1.1)
+    assert args["input_size"] == 32  # CIFAR: one image size, resolution stays
+
+
 def test_grid_trains_every_point_and_records_the_choice(arch, tmp_path, capsys):
     out = tmp_path / "g.safetensors"
     code = main(

@@ -59,12 +59,13 @@ def mobilenetv2(
     in_channels: int = 3,
     input_size: int | None = None,
     width_mult: float = 1.0,
+    depth_mult: float = 1.0,
     cifar: bool = False,
     dropout: float = 0.2,
 ) -> nn.Module:
-    if width_mult <= 0:
-        raise ValueError("width_mult must be positive")
-    blocks = scale_blocks([parse_block(b) for b in BLOCKS], width_mult, 1.0)
+    if width_mult <= 0 or depth_mult <= 0:
+        raise ValueError("width_mult and depth_mult must be positive")
+    blocks = scale_blocks([parse_block(b) for b in BLOCKS], width_mult, depth_mult)
     if cifar:
         blocks[1]["stride"] = 1
     model = MBConvNet(
