@@ -66,6 +66,7 @@ fashion-mnist: install
 bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/score_at_scale.py
+	$(PY) bench/supernet_single_path.py
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .ruff_cache
