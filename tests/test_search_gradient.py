@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,9 +12,9 @@ from mncli.search.supernet import MixedOp
 CHOICES = ["k3_e3", "k5_e6", "zero"]
 
 
-def _tiny_op(seed: int = 0) -> MixedOp:
+def _tiny_op(seed: int = 0, shared: bool = False) -> MixedOp:
     torch.manual_seed(seed)
-    op = MixedOp(CHOICES, c_in=4, c_out=4, stride=1).double()
+    op = MixedOp(CHOICES, c_in=4, c_out=4, stride=1, shared=shared).double()
     op.alpha = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64, requires_grad=True)
     op.gates = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     op.eval()  # fixed BN statistics: each path is a deterministic function of x
@@ -32,8 +33,9 @@ def _arch_gradient(op: MixedOp, x: torch.Tensor, loss_fn, active: int) -> torch.
     return estimator_gradient(op.probs().detach(), gate_grads)
 
 
-def test_gate_gradients_equal_autograd_of_the_gated_sum():
-    op = _tiny_op()
+@pytest.mark.parametrize("shared", [False, True])
+def test_gate_gradients_equal_autograd_of_the_gated_sum(shared):
+    op = _tiny_op(shared=shared)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     target = torch.tensor([1, 3])
 
@@ -52,10 +54,11 @@ def test_gate_gradients_equal_autograd_of_the_gated_sum():
         torch.testing.assert_close(ours, reference)
 
 
-def test_arch_gradient_matches_finite_differences_of_the_exact_expected_loss():
+@pytest.mark.parametrize("shared", [False, True])
+def test_arch_gradient_matches_finite_differences_of_the_exact_expected_loss(shared):
     # With a loss linear in the block's output, the exact expected loss over all paths,
     # F(alpha) = sum_j p_j(alpha) L(o_j), has the gradient the estimator gives for any sampled path.
-    op = _tiny_op(1)
+    op = _tiny_op(1, shared=shared)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     w = torch.randn(2, 4, 5, 5, dtype=torch.float64)
 

@@ -4,6 +4,12 @@ Each choice block (`MixedOp`) holds every candidate as a complete MBConv block o
 its residual where the block has one) and `nn.Identity` for `zero`; exactly one candidate runs per
 forward pass. The derived network is the zoo's `mbconv` architecture with the chosen block strings, so
 `mncli train ARCH.safetensors` trains it from scratch.
+
+With `shared=True` (ours, not the paper's) the candidates of a choice block are cut from one set of
+weights: a k x k depthwise kernel is the centre of the largest one, expansion e uses the first e * c_in
+hidden channels; batch norm stays per candidate. Separate weights make every switch of a non-residual
+block change the meaning of all channels downstream, and the super-network then hardly trains in a
+short search (bench/supernet_single_path.py: 30 % vs 77 % training accuracy after 400 steps).
 """
 
 from __future__ import annotations
@@ -34,6 +40,61 @@ def make_candidate(choice: str, c_in: int, c_out: int, stride: int) -> nn.Module
     )
 
 
+class SharedMBConv(nn.Module):
+    """The largest candidate's convolution weights, which every candidate of a block slices."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, expansion: int):
+        super().__init__()
+        hidden = c_in * expansion
+        self.c_in, self.stride, self.kernel = c_in, stride, kernel
+        self.residual = stride == 1 and c_in == c_out
+        self.expand = nn.Conv2d(c_in, hidden, 1, bias=False)
+        self.dw = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False)
+        self.project = nn.Conv2d(hidden, c_out, 1, bias=False)
+
+
+class SharedCandidate(nn.Module):
+    """One candidate (kernel, expansion) of a `SharedMBConv`, with batch norms of its own. The shared
+    weights are held outside the module tree, so they are registered (and saved) once, by MixedOp."""
+
+    def __init__(self, shared: SharedMBConv, kernel: int, expansion: int, c_out: int):
+        super().__init__()
+        object.__setattr__(self, "shared", shared)
+        self.kernel, self.hidden = kernel, shared.c_in * expansion
+        if expansion != 1:
+            self.expand_bn = nn.BatchNorm2d(self.hidden, eps=BN_EPS)
+        self.dw_bn = nn.BatchNorm2d(self.hidden, eps=BN_EPS)
+        self.project_bn = nn.BatchNorm2d(c_out, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        w, h, k = self.shared, self.hidden, self.kernel
+        out = x
+        if hasattr(self, "expand_bn"):
+            out = F.relu6(self.expand_bn(F.conv2d(out, w.expand.weight[:h])))
+        else:  # expansion 1 skips the expand conv, as the zoo's block does
+            h = w.c_in
+        crop = (w.kernel - k) // 2
+        dw = w.dw.weight[:h, :, crop : crop + k, crop : crop + k]
+        out = F.relu6(self.dw_bn(F.conv2d(out, dw, None, w.stride, k // 2, 1, h)))
+        out = self.project_bn(F.conv2d(out, w.project.weight[:, :h]))
+        return x + out if w.residual else out
+
+
+def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: int):
+    """(the shared weights, one module per choice) for a weight-sharing choice block."""
+    ops = [parse_op(c) for c in choices if c != ZERO]
+    shared = SharedMBConv(
+        c_in, c_out, stride, max(op.kernel for op in ops), max(int(op.expansion) for op in ops)
+    )
+    candidates = [
+        nn.Identity() if c == ZERO else SharedCandidate(shared, op.kernel, int(op.expansion), c_out)
+        for c, op in ((c, parse_op(c)) for c in choices)
+    ]
+    return shared, candidates
+
+
 class MixedOp(nn.Module):
     """A choice block: candidates, architecture parameters alpha, binary gates, one active path.
 
@@ -41,11 +102,23 @@ class MixedOp(nn.Module):
     weight state dict never see them; `ArchitectureSearch` owns their optimiser and checkpointing.
     """
 
-    def __init__(self, choices: list[str], c_in: int, c_out: int, stride: int, alpha_std: float = 1e-3):
+    def __init__(
+        self,
+        choices: list[str],
+        c_in: int,
+        c_out: int,
+        stride: int,
+        alpha_std: float = 1e-3,
+        shared: bool = False,
+    ):
         super().__init__()
         self.choices = list(choices)
         self.c_in, self.c_out, self.stride = c_in, c_out, stride
-        self.candidates = nn.ModuleList(make_candidate(c, c_in, c_out, stride) for c in self.choices)
+        if shared and any(c != ZERO for c in self.choices):
+            self.shared, candidates = make_shared_candidates(self.choices, c_in, c_out, stride)
+            self.candidates = nn.ModuleList(candidates)
+        else:
+            self.candidates = nn.ModuleList(make_candidate(c, c_in, c_out, stride) for c in self.choices)
         self.alpha = torch.empty(len(choices)).normal_(0.0, alpha_std).requires_grad_(True)
         self.gates = torch.zeros(len(choices), requires_grad=True)
         # "path": run `active` in training (argmax in eval); "fixed": always `active`;
@@ -99,7 +172,7 @@ class _BinaryGateGradient(torch.autograd.Function):
 class SuperNet(nn.Module):
     """stem -> [fixed first block] -> choice blocks -> [head 1x1 conv] -> pool -> classifier."""
 
-    def __init__(self, space: SearchSpace, seed: int = 0):
+    def __init__(self, space: SearchSpace, seed: int = 0, shared: bool = False):
         super().__init__()
         from mncli.models import create_model
         from mncli.models.blocks import init_weights
@@ -120,7 +193,7 @@ class SuperNet(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.mixed = nn.ModuleList()
         for block in blocks:
-            op = MixedOp(block["choices"], block["c_in"], block["c_out"], block["stride"])
+            op = MixedOp(block["choices"], block["c_in"], block["c_out"], block["stride"], shared=shared)
             op.alpha = (
                 torch.empty(len(op.choices)).normal_(0.0, 1e-3, generator=generator).requires_grad_(True)
             )

@@ -30,6 +30,7 @@ class SearchConfig:
     target_score: float | None = None
     cost_loss: str = "mul#log"
     fit_target: bool = True
+    shared_weights: bool = False  # candidates cut from one set of weights (ours; supernet.py)
     # the architecture optimiser
     binary_mode: str = "full"
     arch_lr: float = 1e-3
@@ -118,7 +119,7 @@ def run(cfg: SearchConfig) -> dict:
     data = opts.load_data()
     space = build_space(cfg, data.in_channels, data.image_size, data.num_classes)
     task = "imagenet" if canonical_name(cfg.dataset) == "imagenet" else "cifar100"
-    supernet = SuperNet(space, seed=cfg.seed)
+    supernet = SuperNet(space, seed=cfg.seed, shared=cfg.shared_weights)
     costs = CostModel(supernet, metric, task)
     low, high = costs.minimum(), costs.maximum()
     if target is None:
