@@ -88,7 +88,7 @@ def _bf16_forward(module: torch.nn.Conv2d):
 
 
 def patch_strided_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Route the model's strided depthwise convs through the mixed bf16/fp32 kernel above while CPU
+    """Route the model's strided depthwise convs through the bf16 input gradient above while CPU
     bf16 autocast is on; returns the patched modules (undo with `restore_forward`). `module.weight`
     is read at each call, so weight parametrizations (masks, quantizers) still apply."""
     patched = []
