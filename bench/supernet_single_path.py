@@ -10,7 +10,7 @@ bench/results/supernet_single_path.json:
   residual) fixed to their first candidate;
 - `shared`: as `all_free`, but the candidates of a block share one set of weights (a k x k kernel is
   the centre of the 7x7 one, expansion e uses the first e * c_in hidden channels), batch norm per
-  candidate. This is not the paper's super-network; it is measured here as the candidate fix.
+  candidate: `mncli search --shared-weights`, not the paper's super-network.
 
     python bench/supernet_single_path.py [--steps 400] [--window 100] [--threads 2]
 """
@@ -24,62 +24,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mncli.data import load_data
-from mncli.search.space import DEFAULT_OPS, ZERO, SearchSpace, default_space, parse_op
+from mncli.search.space import DEFAULT_OPS, SearchSpace, default_space
 from mncli.search.supernet import SuperNet
 
 MODES = ("one_path", "all_free", "openers_fixed", "shared")
 
 
-class SharedChoiceBlock(nn.Module):
-    """All candidates of one choice block cut from the largest one's weights."""
-
-    def __init__(self, choices: list[str], c_in: int, c_out: int, stride: int, kmax: int = 7, emax: int = 6):
-        super().__init__()
-        self.choices, self.c_in, self.c_out, self.stride, self.kmax = choices, c_in, c_out, stride, kmax
-        self.residual = stride == 1 and c_in == c_out
-        hidden = c_in * emax
-        self.expand = nn.Conv2d(c_in, hidden, 1, bias=False)
-        self.dw = nn.Conv2d(hidden, hidden, kmax, stride, kmax // 2, groups=hidden, bias=False)
-        self.project = nn.Conv2d(hidden, c_out, 1, bias=False)
-        self.norms = nn.ModuleDict()
-        for choice in choices:
-            if choice != ZERO:
-                h = c_in * parse_op(choice).expansion
-                self.norms[choice] = nn.ModuleList(
-                    [
-                        nn.BatchNorm2d(h, eps=1e-3),
-                        nn.BatchNorm2d(h, eps=1e-3),
-                        nn.BatchNorm2d(c_out, eps=1e-3),
-                    ]
-                )
-        for conv in (self.expand, self.dw, self.project):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        self.active = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        choice = self.choices[self.active]
-        if choice == ZERO:
-            return x
-        op = parse_op(choice)
-        hidden, k = self.c_in * op.expansion, op.kernel
-        crop = (self.kmax - k) // 2
-        bn_expand, bn_dw, bn_project = self.norms[choice]
-        y = F.relu6(bn_expand(F.conv2d(x, self.expand.weight[:hidden])))
-        dw = self.dw.weight[:hidden, :, crop : crop + k, crop : crop + k]
-        y = F.relu6(bn_dw(F.conv2d(y, dw, None, self.stride, k // 2, 1, hidden)))
-        y = bn_project(F.conv2d(y, self.project.weight[:, :hidden]))
-        return x + y if self.residual else y
-
-
 def build(mode: str, space: SearchSpace) -> SuperNet:
-    net = SuperNet(space, seed=0)
-    if mode == "shared":
-        net.mixed = nn.ModuleList(
-            SharedChoiceBlock(op.choices, op.c_in, op.c_out, op.stride) for op in net.mixed
-        )
+    net = SuperNet(space, seed=0, shared=mode == "shared")
     for op in net.mixed:
         op.mode = "fixed"
     return net.train()

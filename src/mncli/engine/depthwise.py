@@ -42,12 +42,13 @@ class _StridedDepthwiseBF16(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conf
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         grad_x = grad_w = grad_b = None
+        g16 = grad_out.to(BF16)
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad(x16.shape, w16, grad_out.to(BF16), stride, padding, dilation).to(x_dtype)
+            grad_x = _input_grad(x16.shape, w16, g16, stride, padding, dilation).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.nn.grad.conv2d_weight(
-                x16, w16.shape, grad_out.to(BF16), stride, padding, dilation, groups
-            ).to(w_dtype)
+            grad_w = torch.nn.grad.conv2d_weight(x16, w16.shape, g16, stride, padding, dilation, groups).to(
+                w_dtype
+            )
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3)).to(b_dtype)
         return grad_x, grad_w, grad_b, None, None, None, None

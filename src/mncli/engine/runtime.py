@@ -9,6 +9,7 @@ GPU has it), channels_last, pinned memory.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def configure(device: str = "auto", precision: str = "auto", channels_last: bool
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
 
+@functools.cache  # process-wide: once is enough, however many fits a stage runs
 def tune_cpu_allocator() -> bool:
     """Keep freed activation buffers in the heap for the next step instead of returning them to the OS.
 

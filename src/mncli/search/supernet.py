@@ -15,6 +15,7 @@ short search (bench/supernet_single_path.py: 30 % vs 77 % training accuracy afte
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mncli.search.space import ZERO, SearchSpace, parse_op
@@ -67,8 +68,6 @@ class SharedCandidate(nn.Module):
         self.project_bn = nn.BatchNorm2d(c_out, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
         w, h, k = self.shared, self.hidden, self.kernel
         out = x
         if hasattr(self, "expand_bn"):
@@ -88,10 +87,13 @@ def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: in
     shared = SharedMBConv(
         c_in, c_out, stride, max(op.kernel for op in ops), max(int(op.expansion) for op in ops)
     )
-    candidates = [
-        nn.Identity() if c == ZERO else SharedCandidate(shared, op.kernel, int(op.expansion), c_out)
-        for c, op in ((c, parse_op(c)) for c in choices)
-    ]
+    candidates: list[nn.Module] = []
+    for choice in choices:
+        if choice == ZERO:
+            candidates.append(nn.Identity())
+        else:
+            op = parse_op(choice)
+            candidates.append(SharedCandidate(shared, op.kernel, int(op.expansion), c_out))
     return shared, candidates
 
 
