@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +22,7 @@ import torch
 from mncli.artifact.hashing import DTYPES, ITEMSIZE, content_sha256, dtype_name, hash_entries, tensor_bytes
 from mncli.artifact.manifest import FORMAT, canonical_json, check_manifest, pretty_json, resolve_parent
 from mncli.artifact.schema import validate
+from mncli.artifact.tempfiles import make_temporary
 from mncli.errors import BadInput, RuntimeFailure
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
@@ -39,17 +39,10 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a fsynced temporary file beside `path`; on any failure remove it again."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temporary(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mncli.artifact.tempfiles import make_temporary
 from mncli.cli import output
 from mncli.cli.options import InputArtifact, Json
 
@@ -35,11 +35,8 @@ FORMATS = ("state-dict", "torchscript", "torch-export")
 
 def _atomic_write(out: Path, write) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=out.parent)
+    fd, tmp = make_temporary(out, suffix=f".tmp{out.suffix}")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; an export is an ordinary file
     try:
         write(tmp)
         with open(tmp, "rb") as handle:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mncli.artifact.tempfiles import make_temporary
 from mncli.errors import BadInput
 
 FILE = "state.pt"
@@ -29,11 +30,16 @@ def ckpt_dir_for(out: Path | str) -> Path:
 def save_checkpoint(folder: Path, state: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / FILE
-    tmp = folder / f".{FILE}.tmp{os.getpid()}"
-    torch.save({"format": FORMAT, **state}, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    fd, tmp = make_temporary(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
