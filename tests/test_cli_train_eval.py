@@ -109,7 +109,6 @@ def run_cli(args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
 
 
-@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_same_artifact(tmp_path):
     data = "synthetic:classes=4,shape=1x8x8,train=3000,test=60"
     common = [*ARCH, "-d", data, "--epochs", "6", "-b", "32", "--precision", "fp32"]
@@ -134,7 +133,6 @@ def test_sigterm_then_resume_gives_the_same_artifact(tmp_path):
     assert run["content_sha256"] == ref["content_sha256"]
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp.safetensors"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
