@@ -173,3 +173,16 @@ def test_ec2t_grid_points_and_collect(fp_artifact, tmp_path, capsys):
     assert result["chosen"]["point"] == best["point"]
     manifest = load_bundle(out).manifest
     assert manifest["grid"]["chosen"] == best["point"] and manifest["params"]["grid_point"] == best["point"]
+
+
+def test_dataset_defaults_to_the_one_the_input_was_trained_on(fp_artifact, tmp_path, capsys):
+    no_dataset = FAST[2:]
+    out = tmp_path / "t.safetensors"
+    code, _, err = run_cli(capsys, fp_artifact, *no_dataset, "-o", out)
+    assert code == 2 and "does not say which dataset" in err and not out.exists()
+    trained = tmp_path / "trained.safetensors"  # an artifact that records its dataset
+    assert main(["train", str(fp_artifact), *FAST, "-o", str(trained)]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, trained, *no_dataset, "--epochs", "0", "-o", out)
+    assert code == 0, err
+    assert load_artifact(out)[1]["data"]["dataset"] == DATA

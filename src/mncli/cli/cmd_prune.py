@@ -15,6 +15,7 @@ from mncli.cli.options import (
     Download,
     GradClip,
     InputArtifact,
+    InputDataset,
     Json,
     KdDistillWeight,
     KdStudentWeight,
@@ -85,15 +86,7 @@ def register(app: typer.Typer) -> None:
     def prune(
         inp: InputArtifact,
         out: OutputArtifact,
-        dataset: Annotated[
-            str | None,
-            typer.Option(
-                "--dataset",
-                "-d",
-                help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic[:...]"
-                " (default: the dataset the input was trained on).",
-            ),
-        ] = None,
+        dataset: InputDataset = None,
         method: Annotated[
             str, typer.Option("--method", "-m", help="agp, magnitude or reweighted-l1.")
         ] = "agp",
@@ -190,22 +183,15 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         as_json: Json = False,
     ) -> None:
+        from mncli.stages.evaluate import dataset_for_input
         from mncli.stages.prune import PruneConfig, run
         from mncli.stages.train import TrainOptions
 
-        if not inp.is_file():
-            raise BadInput(f"input {inp} not found", hint="give the path of a .safetensors artifact")
-        if dataset is None:
-            from mncli.artifact import read_manifest
-            from mncli.stages.evaluate import dataset_of
-
-            dataset = dataset_of(read_manifest(inp))
-            if not dataset:
-                raise BadInput("no dataset given and the input does not record one", hint="add --dataset D")
         options = TrainOptions(
-            dataset=dataset, data_dir=data_dir, download=download, subset=subset, val_size=val_size,
-            batch_size=batch_size, momentum=momentum, schedule=schedule, warmup_epochs=warmup_epochs,
-            weight_decay=weight_decay, label_smoothing=label_smoothing, grad_clip=grad_clip, augment=augment,
+            dataset=dataset_for_input(inp, dataset), data_dir=data_dir, download=download, subset=subset,
+            val_size=val_size, batch_size=batch_size, momentum=momentum, schedule=schedule,
+            warmup_epochs=warmup_epochs, weight_decay=weight_decay, label_smoothing=label_smoothing,
+            grad_clip=grad_clip, augment=augment,
             teacher=teacher, kd_temperature=kd_temperature, kd_student_weight=kd_student_weight,
             kd_distill_weight=kd_distill_weight, device=device, precision=precision, seed=seed, out=out,
             resume=resume,

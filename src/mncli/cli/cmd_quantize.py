@@ -16,6 +16,7 @@ from mncli.cli.options import (
     Download,
     GradClip,
     InputArtifact,
+    InputDataset,
     Json,
     KdDistillWeight,
     KdTemperature,
@@ -35,7 +36,6 @@ from mncli.cli.options import (
     WeightDecay,
 )
 from mncli.cli.output import fmt_pct
-from mncli.errors import BadInput
 
 HELP = """Quantize weights and input activations to n bits, layer by layer, and fine-tune (LSQ by default).
 
@@ -71,10 +71,7 @@ def register(app: typer.Typer) -> None:
     def quantize(
         inp: InputArtifact,
         out: OutputArtifact,
-        dataset: Annotated[
-            str | None,
-            typer.Option("--dataset", "-d", help="Dataset (default: the one the input was trained on)."),
-        ] = None,
+        dataset: InputDataset = None,
         weight_bits: Annotated[
             Bits, typer.Option("--weight-bits", "-w", help="Weight bits: 2-8, 16, 32.")
         ] = 4,
@@ -133,15 +130,14 @@ def register(app: typer.Typer) -> None:
         resume: Resume = False,
         as_json: Json = False,
     ) -> None:
+        from mncli.stages.evaluate import dataset_for_input
         from mncli.stages.quantize import QuantizeConfig, run
         from mncli.stages.train import TrainOptions
 
-        if dataset is None:
-            dataset = _dataset_of(inp)
         train = TrainOptions(
-            dataset=dataset, data_dir=data_dir, download=download, subset=subset, val_size=val_size,
-            epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-            schedule=schedule, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+            dataset=dataset_for_input(inp, dataset), data_dir=data_dir, download=download, subset=subset,
+            val_size=val_size, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            momentum=momentum, schedule=schedule, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
             label_smoothing=label_smoothing, grad_clip=grad_clip, augment=augment, teacher=teacher,
             kd_temperature=kd_temperature, kd_student_weight=kd_student_weight,
             kd_distill_weight=kd_distill_weight, device=device, precision=precision, seed=seed, out=out,
@@ -155,18 +151,6 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         result = run(cfg)
         output.emit(result, as_json=as_json, table=_table(result), out_path=str(out))
-
-
-def _dataset_of(path: Path) -> str:
-    from mncli.artifact import read_manifest
-    from mncli.stages.evaluate import dataset_of
-
-    if not path.is_file():
-        raise BadInput(f"input {path} not found", hint="give the path of a .safetensors artifact")
-    dataset = dataset_of(read_manifest(path))
-    if not dataset:
-        raise BadInput(f"{path} does not say which dataset it was trained on", hint="add --dataset NAME")
-    return dataset
 
 
 def _acc(row: dict) -> str:

@@ -9,10 +9,10 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import (
     DataDir,
-    Dataset,
     Device,
     Download,
     InputArtifact,
+    InputDataset,
     Json,
     OutputArtifact,
     Resume,
@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
     @app.command("ternarize", help=HELP)
     def ternarize(
         inp: InputArtifact,
-        dataset: Dataset,
         out: OutputArtifact,
+        dataset: InputDataset = None,
         method: Annotated[str, typer.Option("--method", "-m", help="ttq or ec2t.")] = "ttq",
         variant: Annotated[
             str, typer.Option("--variant", help="TTQ: paper (t*max|w|) or mit (0.7*mean|w|, signed scales).")
@@ -192,11 +192,13 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         as_json: Json = False,
     ) -> None:
+        from mncli.stages.evaluate import dataset_for_input
         from mncli.stages.ternarize import TernarizeConfig, run
 
         cfg = TernarizeConfig(
-            input=inp, out=out, dataset=dataset, method=method, variant=variant, threshold=threshold,
-            scale_init=scale_init, layers=list(layers or []), include_depthwise=include_depthwise,
+            input=inp, out=out, dataset=dataset_for_input(inp, dataset), method=method, variant=variant,
+            threshold=threshold, scale_init=scale_init, layers=list(layers or []),
+            include_depthwise=include_depthwise,
             epochs=epochs, retrain_epochs=retrain_epochs, batch_size=batch_size, lr=lr, scale_lr=scale_lr,
             latent_lr=latent_lr, centroid_lr=centroid_lr, momentum=momentum, weight_decay=weight_decay,
             schedule=schedule, milestones=_ints(milestones), teacher=teacher,

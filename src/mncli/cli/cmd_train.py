@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         as_json: Json = False,
     ) -> None:
         from mncli.models import default_dataset, parse_arch_opts
-        from mncli.stages.evaluate import dataset_of
+        from mncli.stages.evaluate import dataset_for_input
         from mncli.stages.train import TrainOptions, TrainStageConfig, run
 
         if inp is not None and arch is not None:
@@ -123,13 +123,10 @@ def register(app: typer.Typer) -> None:
         if inp is not None and not inp.is_file():
             raise BadInput(f"input {inp} not found", hint="give the path of a .safetensors artifact")
         arch_args = parse_arch_opts(arch_opt)
-        if dataset is None:
-            if inp is not None:
-                from mncli.artifact import read_manifest
-
-                dataset = dataset_of(read_manifest(inp))
-            else:
-                dataset = default_dataset(arch, arch_args)
+        if inp is not None:
+            dataset = dataset_for_input(inp, dataset)
+        elif dataset is None:
+            dataset = default_dataset(arch, arch_args)
             if not dataset:
                 raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
         options = TrainOptions(

@@ -19,6 +19,15 @@ Dataset = Annotated[
     str,
     typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic."),
 ]
+InputDataset = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic[:...]"
+        " (default: the dataset the input was trained on).",
+    ),
+]
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Where datasets are looked for first (then $MNCLI_DATA).")
 ]

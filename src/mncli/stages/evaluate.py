@@ -28,6 +28,20 @@ def dataset_of(manifest: dict) -> str | None:
     return (manifest.get("data") or {}).get("dataset")
 
 
+def dataset_for_input(path: Path, dataset: str | None) -> str:
+    """The dataset asked for, else the one the input artifact was trained on."""
+    if dataset:
+        return dataset
+    from mncli.artifact import read_manifest
+
+    if not Path(path).is_file():
+        raise BadInput(f"input {path} not found", hint="give the path of a .safetensors artifact")
+    recorded = dataset_of(read_manifest(path))
+    if not recorded:
+        raise BadInput(f"{path} does not say which dataset it was trained on", hint="add --dataset NAME")
+    return recorded
+
+
 def run(config: EvalConfig) -> dict:
     import time
 
