@@ -100,3 +100,11 @@ def test_json_result_names_costs(searched, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["cost"] == "params" and result["target"] == 2500
     assert result["derived_cost"] == pytest.approx(result["score"]["params"])
+
+
+def test_a_weak_cost_term_is_pointed_out():
+    from mncli.stages.search import weak_cost_note
+
+    assert "add#linear" in weak_cost_note("mul#log", 14.2e6, 5e6)
+    assert weak_cost_note("mul#log", 6e6, 5e6) is None  # the fit's small correction is normal
+    assert weak_cost_note("add#linear", 14.2e6, 5e6) is None
