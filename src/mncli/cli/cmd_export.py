@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from mncli.artifact.tempfiles import make_temporary
 from mncli.cli import output
 from mncli.cli.options import InputArtifact, Json
 
@@ -35,6 +34,8 @@ FORMATS = ("state-dict", "torchscript", "torch-export")
 
 def _atomic_write(out: Path, write) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    from mncli.artifact.tempfiles import make_temporary
+
     fd, tmp = make_temporary(out, suffix=f".tmp{out.suffix}")
     os.close(fd)
     try:
