@@ -22,7 +22,7 @@ stage() {  # stage NAME OUTPUT COMMAND...: run unless OUTPUT exists, log its wal
 }
 
 # 1. fp32 baseline: fmnist-net (~58K params, 4.8M MACs), SGD nesterov, cosine, label smoothing.
-stage train "$OUT/fp.safetensors" $MNCLI train --arch fmnist-net --dataset fashion-mnist --epochs "${TRAIN_EPOCHS:-12}" \
+stage train "$OUT/fp.safetensors" $MNCLI train --arch fmnist-net --dataset fashion-mnist --epochs "${TRAIN_EPOCHS:-20}" \
     --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.1
 # 2. AGP to 70 % zeros in the block convs (depthwise kept dense: pruning them costs this small net most) (cubic schedule over the first epochs, then fine-tuning).
 stage prune "$OUT/pruned.safetensors" $MNCLI prune "$OUT/fp.safetensors" "${D[@]}" --method agp \
