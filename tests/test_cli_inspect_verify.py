@@ -110,7 +110,11 @@ def test_inspect_table_and_architecture_only(tmp_path, capsys):
     assert code == 0 and "architecture only" in out and "test-cnn" in out
 
 
-def test_verify_good_chain_and_missing_parent(tmp_path, capsys):
+def test_verify_good_chain_and_missing_parent(tmp_path, capsys, monkeypatch):
+    # Parents are also looked up relative to the working directory: run from an empty folder so a
+    # stray ../a.safetensors outside tmp_path cannot stand in for the deleted parent.
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     a, b = tmp_path / "a.safetensors", tmp_path / "runs" / "b.safetensors"
     ma, _ = save(a, stage="train")
     save(b, parents=[(a, ma)])
