@@ -3,7 +3,7 @@ killed one.
 
 Outputs are written to a hidden temporary in the same folder and renamed into place. A writer that is
 interrupted removes its temporary, but one killed outright (SIGKILL, out of memory, power loss) cannot,
-and would leave `.NAME.HOST-PID.XXXX.tmp` behind. Before writing NAME again, temporaries of NAME whose
+and would leave `.NAME.HOST-PID.<random>.tmp` behind. Before writing NAME again, temporaries of NAME whose
 writer ran on this host and is no longer alive are removed. Those of live processes, and of other hosts
 (a shared folder on a cluster), are left alone.
 """
@@ -54,7 +54,7 @@ def remove_stale_temporaries(path: Path, suffix: str = ".tmp") -> list[Path]:
 
 
 def make_temporary(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
-    """An open (fd, path) temporary beside `path`, named `.NAME.HOST-PID.XXXX<suffix>`, with the
+    """An open (fd, path) temporary beside `path`, named `.NAME.HOST-PID.<random><suffix>`, with the
     permissions of an ordinary new file, after removing the stale temporaries of dead writers."""
     path = Path(path)
     remove_stale_temporaries(path, suffix)

@@ -29,13 +29,14 @@ def dataset_of(manifest: dict) -> str | None:
 
 
 def dataset_for_input(path: Path, dataset: str | None) -> str:
-    """The dataset asked for, else the one the input artifact was trained on."""
+    """The dataset asked for, else the one the input artifact was trained on. A missing input is
+    reported first either way, before any other option is checked."""
+    if not Path(path).is_file():
+        raise BadInput(f"input {path} not found", hint="give the path of a .safetensors artifact")
     if dataset:
         return dataset
     from mncli.artifact import read_manifest
 
-    if not Path(path).is_file():
-        raise BadInput(f"input {path} not found", hint="give the path of a .safetensors artifact")
     recorded = dataset_of(read_manifest(path))
     if not recorded:
         raise BadInput(f"{path} does not say which dataset it was trained on", hint="add --dataset NAME")
