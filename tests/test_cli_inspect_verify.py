@@ -1,6 +1,7 @@
 """`mncli inspect` and `mncli verify` through the real command line entry point."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,6 +159,25 @@ def test_verify_fails_on_a_changed_parent(tmp_path, capsys):
     code, out, err = run(capsys, "verify", str(b), "--json")
     assert code == 1 and json.loads(out)["parents"][0]["status"] == "mismatch"
     assert "failed verification: parent a.safetensors: mismatch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_is_not_misled_by_an_unrelated_file_of_the_parents_name(tmp_path, capsys, monkeypatch):
+    """The parent is recorded as `a.safetensors` beside b; another a.safetensors in the working
+    directory is someone else's file, not a changed parent."""
+    (tmp_path / "run").mkdir()
+    a, b = tmp_path / "run" / "a.safetensors", tmp_path / "run" / "b.safetensors"
+    ma, _ = save(a, stage="train")
+    save(b, parents=[(a, ma)])
+    monkeypatch.chdir(tmp_path)
+    unrelated = new_manifest("train", arch=ARCH, command="x")
+    save_artifact(tmp_path / "a.safetensors", {"x": torch.ones(1)}, unrelated)
+    code, out, err = run(capsys, "verify", "run/b.safetensors", "--json")
+    parent = json.loads(out)["parents"][0]
+    assert code == 0 and parent["status"] == "ok", err
+    assert parent["resolved"] == str(Path("run/a.safetensors"))
+    a.unlink()
+    code, out, err = run(capsys, "verify", "run/b.safetensors", "--json")
+    assert code == 1 and json.loads(out)["parents"][0]["status"] == "mismatch"
 
 
 def test_verify_fails_on_altered_data_and_sidecar(tmp_path, capsys):

@@ -137,14 +137,23 @@ def lineage_from(parents: list[tuple[dict, dict]]) -> list[dict]:
     return out
 
 
-def resolve_parent(artifact_path: str | os.PathLike, recorded: str, by_name: bool = True) -> Path | None:
-    """Find a recorded parent on disk: as an absolute path, relative to the artifact's directory
-    (how `parent_entry` records it), relative to the working directory, or (by_name) by its file
-    name beside the artifact."""
+def parent_candidates(artifact_path: str | os.PathLike, recorded: str, by_name: bool = True) -> list[Path]:
+    """The files a recorded parent may be, in order: the absolute path, the path relative to the
+    artifact's directory (how `parent_entry` records it), relative to the working directory, or (by_name)
+    its file name beside the artifact. Only files that exist, each once."""
     base = Path(artifact_path).parent
     rec = Path(recorded)
-    candidates = [rec] if rec.is_absolute() else [base / rec, rec] + ([base / rec.name] if by_name else [])
-    return next((c for c in candidates if c.is_file()), None)
+    paths = [rec] if rec.is_absolute() else [base / rec, rec] + ([base / rec.name] if by_name else [])
+    found: list[Path] = []
+    for candidate in paths:
+        if candidate.is_file() and all(not candidate.samefile(f) for f in found):
+            found.append(candidate)
+    return found
+
+
+def resolve_parent(artifact_path: str | os.PathLike, recorded: str, by_name: bool = True) -> Path | None:
+    """The first of `parent_candidates`, or None when the parent is nowhere on disk."""
+    return next(iter(parent_candidates(artifact_path, recorded, by_name)), None)
 
 
 def check_manifest(manifest: Any, path: str | os.PathLike) -> dict:

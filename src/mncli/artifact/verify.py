@@ -11,7 +11,7 @@ from typing import Any
 from mncli.artifact.codec import decode_state
 from mncli.artifact.hashing import hash_entries
 from mncli.artifact.io import file_content_sha256, read_raw, read_tensor_data, sidecar_path, tensors_from_raw
-from mncli.artifact.manifest import resolve_parent
+from mncli.artifact.manifest import parent_candidates
 from mncli.artifact.schema import validate
 from mncli.errors import BadInput
 
@@ -28,18 +28,27 @@ def _sidecar(path: Path, manifest: Any) -> dict:
 
 
 def _parent(path: Path, entry: dict) -> dict:
+    """The parent as found on disk. Of several files the recorded path may name (beside the artifact,
+    under the working directory), the one with the recorded hash counts: an unrelated file of the same
+    name elsewhere is not a mismatch."""
     recorded = entry.get("content_sha256")
     out = {"path": entry.get("path"), "resolved": None, "recorded": recorded, "computed": None}
-    found = resolve_parent(path, str(entry.get("path", "")))
-    if found is None:
+    found = parent_candidates(path, str(entry.get("path", "")))
+    if not found:
         return {**out, "status": "missing", "ok": True}
-    out["resolved"] = str(found)
-    try:
-        out["computed"] = file_content_sha256(found)
-    except BadInput as exc:
-        return {**out, "status": f"unreadable: {exc.message}", "ok": False}
-    ok = out["computed"] == recorded
-    return {**out, "status": "ok" if ok else "mismatch", "ok": ok}
+    first = None
+    for candidate in found:
+        try:
+            checked = {**out, "resolved": str(candidate), "computed": file_content_sha256(candidate)}
+        except BadInput as exc:
+            checked = {**out, "resolved": str(candidate), "status": f"unreadable: {exc.message}", "ok": False}
+        else:
+            ok = checked["computed"] == recorded
+            checked.update(status="ok" if ok else "mismatch", ok=ok)
+            if ok:
+                return checked
+        first = first or checked
+    return first
 
 
 def _lineage(manifest: dict, parents: list[dict]) -> list[str]:
