@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -104,6 +105,38 @@ def test_fit_to_target_lands_in_the_band(supernet):
     reachable = costs.of_indices([1] + least[1:]) * 1.05
     chosen = fit_to_target(log_probs, costs, most, reachable, low=0.8)
     assert chosen[0] == 1 and costs.of_indices(chosen) <= reachable
+
+
+@pytest.mark.parametrize("band", [0.8, 0.995])  # 0.995: often no network lies in the band
+def test_fit_to_target_is_the_most_probable_network_in_the_band(supernet, band):
+    """Against brute force over every network of the space, for random probabilities and targets."""
+    costs = CostModel(supernet, "ops")
+    networks = list(itertools.product(*[range(len(row)) for row in costs.table]))
+    generator = torch.Generator().manual_seed(3)
+    low, high = costs.minimum(), costs.maximum()
+    seen = set()
+
+    def logp(net, log_probs):
+        return sum(lp[j] for lp, j in zip(log_probs, net, strict=True))
+
+    for _ in range(20):
+        log_probs = [torch.randn(len(r), generator=generator).log_softmax(0).tolist() for r in costs.table]
+        target = low + float(torch.rand(1, generator=generator)) * (high - low)
+        argmax = [max(range(len(lp)), key=lp.__getitem__) for lp in log_probs]
+        chosen = fit_to_target(log_probs, costs, argmax, target, low=band)
+        in_band = [n for n in networks if band * target <= costs.of_indices(n) <= target]
+        if band * target <= costs.of_indices(argmax) <= target:
+            assert chosen == argmax
+            seen.add("argmax")
+        elif in_band:
+            assert band * target <= costs.of_indices(chosen) <= target
+            assert logp(chosen, log_probs) == pytest.approx(max(logp(n, log_probs) for n in in_band))
+            seen.add("band")
+        else:
+            under = [n for n in networks if costs.of_indices(n) <= target]
+            assert logp(chosen, log_probs) == pytest.approx(max(logp(n, log_probs) for n in under))
+            seen.add("under")
+    assert seen >= ({"band"} if band == 0.8 else {"under"})
 
 
 def test_cost_losses():

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--fit-target/--argmax",
-                help="Move the argmax network into [0.8, 1] x target by its least likely blocks, or keep it.",
+                help="Derive the most probable network within [0.8, 1] x target, or keep the argmax one.",
             ),
         ] = True,
         widths: Annotated[

@@ -139,46 +139,44 @@ def cost_loss(ce: torch.Tensor, expected: torch.Tensor, ref: float, kind: str, m
 
 
 def fit_to_target(
-    log_probs: list[list[float]], costs: CostModel, chosen: list[int], target: float, low: float = 0.8
+    log_probs: list[list[float]],
+    costs: CostModel,
+    chosen: list[int],
+    target: float,
+    low: float = 0.8,
+    resolution: int = 4000,
 ) -> list[int]:
-    """Move the argmax network into [low * target, target] where the space allows, changing the blocks
-    whose probabilities care least: while over the target, take the cheaper candidate that saves the
-    most cost per unit of log-probability lost; while under low * target, the dearer candidate (still
-    within the target) that costs the least log-probability per unit of cost added."""
-    chosen = list(chosen)
-    table = costs.table
+    """The most probable network (largest sum of log-probabilities) whose cost lies in
+    [low * target, target]; the most probable under the target when none reaches the band; `chosen`
+    unchanged when it already lies in the band or nothing fits under the target.
+
+    A multiple-choice knapsack by dynamic programming over the blocks, exact up to one step of the
+    budget: the budget left after the fixed cost is cut into `resolution` steps, a candidate takes
+    ceil(cost / step) of them, so every network kept is within the target; each step count keeps its
+    most probable network."""
     total = costs.of_indices(chosen)
-    while total > target:
-        best = None
-        for b, row in enumerate(table):
-            for j, cost in enumerate(row):
-                saved = row[chosen[b]] - cost
-                if saved <= 0:
+    if low * target <= total <= target:
+        return list(chosen)
+    budget = target - costs.fixed
+    if budget < 0:
+        return list(chosen)
+    step = max(budget, 1e-30) / resolution
+    best: dict[int, tuple[float, float, list[int]]] = {0: (0.0, costs.fixed, [])}
+    for b, row in enumerate(costs.table):
+        grown: dict[int, tuple[float, float, list[int]]] = {}
+        for used, (logp, cost, path) in best.items():
+            for j, c in enumerate(row):
+                steps = used + math.ceil(c / step - 1e-9)
+                if steps > resolution:
                     continue
-                lost = max(log_probs[b][chosen[b]] - log_probs[b][j], 1e-12)
-                value = saved / lost
-                if best is None or value > best[0]:
-                    best = (value, b, j)
-        if best is None:
-            break
-        chosen[best[1]] = best[2]
-        total = costs.of_indices(chosen)
-    while total < low * target:
-        best = None
-        for b, row in enumerate(table):
-            for j, cost in enumerate(row):
-                added = cost - row[chosen[b]]
-                if added <= 0 or total + added > target:
-                    continue
-                lost = max(log_probs[b][chosen[b]] - log_probs[b][j], 0.0)
-                value = lost / added
-                if best is None or value < best[0]:
-                    best = (value, b, j)
-        if best is None:
-            break
-        chosen[best[1]] = best[2]
-        total = costs.of_indices(chosen)
-    return chosen
+                entry = (logp + log_probs[b][j], cost + c, path + [j])
+                if steps not in grown or entry[0] > grown[steps][0]:
+                    grown[steps] = entry
+        best = grown
+    if not best:
+        return list(chosen)
+    in_band = [e for e in best.values() if e[1] >= low * target]
+    return max(in_band or best.values(), key=lambda e: e[0])[2]
 
 
 def fmt(value: float, metric: str) -> str:

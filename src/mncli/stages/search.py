@@ -176,7 +176,7 @@ def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, 
     if result["fitted_blocks"]:
         log(
             f"argmax network: {fmt(result['argmax_cost'], metric)} {metric}; moved blocks "
-            f"{result['fitted_blocks']} to the next most likely ops to land within the target"
+            f"{result['fitted_blocks']}: the most probable network within [0.8, 1] x target"
         )
         note = weak_cost_note(cfg.cost_loss, result["argmax_cost"], target)
         if note:
