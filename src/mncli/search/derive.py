@@ -1,4 +1,4 @@
-"""Deriving the network: argmax per block (zero -> identity), moved into the target band when asked,
+"""Deriving the network: argmax per block (zero -> identity), or the most probable one in the target band,
 its counted cost, and its accuracy with the super-network's weights after re-estimating BN statistics."""
 
 from __future__ import annotations
