@@ -6,7 +6,7 @@
 #   bash examples/fmnist_search.sh [OUT_DIR]           # about 15 min of search + 6 trainings
 #   SEEDS=0 bash examples/fmnist_search.sh [OUT_DIR]   # one seed each
 #   EPOCHS=20 bash examples/fmnist_search.sh [OUT_DIR] # the baseline's 20-epoch recipe (fmnist-net
-#                                                      # then leads by 0.2 point, README)
+#                                                      # then leads by 0.17 point, README)
 #
 # The search options beyond the paper's defaults, and why (README, "Search"):
 #   --shared-weights        candidates of a block share weights, so the super-network trains in a
