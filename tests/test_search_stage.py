@@ -108,3 +108,15 @@ def test_a_weak_cost_term_is_pointed_out():
     assert "add#linear" in weak_cost_note("mul#log", 14.2e6, 5e6)
     assert weak_cost_note("mul#log", 6e6, 5e6) is None  # the fit's small correction is normal
     assert weak_cost_note("add#linear", 14.2e6, 5e6) is None
+
+
+def test_undecided_search_is_named():
+    from mncli.stages.search import undecided_note
+
+    uniform = {f"op{j}": 1 / 7 for j in range(7)}
+    leaning = {"a": 0.4, "b": 0.3, "c": 0.3}  # 1.2x uniform
+    decided = {"a": 0.9, "b": 0.05, "c": 0.05}  # 2.7x uniform
+    note = undecided_note([uniform, leaning, uniform, decided])
+    assert note and "1.1x" in note and "--arch-lr" in note  # median of 1.0, 1.0, 1.2, 2.7
+    assert undecided_note([decided, decided, leaning]) is None
+    assert undecided_note([{"only": 1.0}]) is None  # a block with one choice says nothing

@@ -4,6 +4,7 @@ artifact (an `mbconv` arch that `mncli train ARCH.safetensors` trains from scrat
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,6 +163,24 @@ def weak_cost_note(cost_loss: str, argmax_cost: float, target: float) -> str | N
     return None
 
 
+def undecided_note(probabilities: list[dict[str, float]]) -> str | None:
+    """A hint when the search ended close to uniform: the median block's most likely op under twice the
+    uniform probability (Fashion-MNIST, 1 + 3 epochs: 1.6x with mul#log, 2.1-2.4x with the README's
+    recipe; 3.1x after 2 + 8 epochs): the derived network is then close to an arbitrary pick, or
+    the fit to the target's."""
+    ratios = [max(p.values()) * len(p) for p in probabilities if len(p) > 1]
+    if not ratios:
+        return None
+    median = statistics.median(ratios)
+    if median >= 2.0:
+        return None
+    return (
+        f"the search has not decided: the most likely op per block is at a median {median:.1f}x the "
+        "uniform probability, so the derived network says little about which ops are better; more "
+        "--epochs or a higher --arch-lr (0.01 in the README's recipe) let the search decide"
+    )
+
+
 def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, started) -> dict:
     import torch
 
@@ -181,6 +200,9 @@ def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, 
         note = weak_cost_note(cfg.cost_loss, result["argmax_cost"], target)
         if note:
             log(note)
+    note = undecided_note([block["probabilities"] for block in result["blocks"]])
+    if note:
+        log(note)
     device = next(supernet.parameters()).device
     shared_acc = shared_weight_accuracy(supernet, data, result["indices"], device, cfg.seed)
     arch = result["arch"]
