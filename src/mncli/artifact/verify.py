@@ -27,26 +27,35 @@ def _sidecar(path: Path, manifest: Any) -> dict:
     return {"path": str(side), "status": "ok" if same else "differs", "ok": same}
 
 
+def _check_file(out: dict, candidate: Path) -> dict:
+    """`out` completed for one file on disk: its hash against the recorded one."""
+    checked = {**out, "resolved": str(candidate)}
+    try:
+        checked["computed"] = file_content_sha256(candidate)
+    except BadInput as exc:
+        return {**checked, "status": f"unreadable: {exc.message}", "ok": False}
+    ok = checked["computed"] == out["recorded"]
+    return {**checked, "status": "ok" if ok else "mismatch", "ok": ok}
+
+
 def _parent(path: Path, entry: dict) -> dict:
     """The parent as found on disk. Of several files the recorded path may name (beside the artifact,
     under the working directory), the one with the recorded hash counts: an unrelated file of the same
     name elsewhere is not a mismatch."""
-    recorded = entry.get("content_sha256")
-    out = {"path": entry.get("path"), "resolved": None, "recorded": recorded, "computed": None}
+    out = {
+        "path": entry.get("path"),
+        "resolved": None,
+        "recorded": entry.get("content_sha256"),
+        "computed": None,
+    }
     found = parent_candidates(path, str(entry.get("path", "")))
     if not found:
         return {**out, "status": "missing", "ok": True}
     first = None
-    for candidate in found:
-        try:
-            checked = {**out, "resolved": str(candidate), "computed": file_content_sha256(candidate)}
-        except BadInput as exc:
-            checked = {**out, "resolved": str(candidate), "status": f"unreadable: {exc.message}", "ok": False}
-        else:
-            ok = checked["computed"] == recorded
-            checked.update(status="ok" if ok else "mismatch", ok=ok)
-            if ok:
-                return checked
+    for candidate in found:  # stop hashing at the first match
+        checked = _check_file(out, candidate)
+        if checked["ok"]:
+            return checked
         first = first or checked
     return first
 
