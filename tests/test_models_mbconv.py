@@ -10,7 +10,14 @@ from torch import nn
 
 from mncli.errors import BadInput
 from mncli.models import create_model
-from mncli.models.blocks import DropPath, MBConvBlock, SqueezeExcite, round_filters, round_repeats
+from mncli.models.blocks import (
+    DropPath,
+    FusedMBConvBlock,
+    MBConvBlock,
+    SqueezeExcite,
+    round_filters,
+    round_repeats,
+)
 from mncli.models.mbconv import format_block, parse_block
 
 
@@ -35,7 +42,14 @@ def test_parse_block(text, expected):
 
 
 def test_format_is_the_canonical_inverse_of_parse():
-    for text in ("ir_r2_k5_s2_e6_c40", "ir_r1_k3_s1_e1_c16_se0.25", "ir_r3_k7_s1_e4.5_c24", "zero"):
+    for text in (
+        "ir_r2_k5_s2_e6_c40",
+        "ir_r1_k3_s1_e1_c16_se0.25",
+        "ir_r3_k7_s1_e4.5_c24",
+        "fu_r1_k3_s2_e1_c24",
+        "fu_r2_k5_s1_e4_c32_se0.25",
+        "zero",
+    ):
         assert format_block(parse_block(text)) == text
     assert format_block(parse_block("ir_c24_e4.5_k7_s1_r3")) == "ir_r3_k7_s1_e4.5_c24"
     assert format_block(kernel=5, stride=1, expand=3, channels=32) == "ir_r1_k5_s1_e3_c32"
@@ -53,6 +67,7 @@ def test_format_is_the_canonical_inverse_of_parse():
         "ir_r0_k3_s1_e6_c8",
         "ir_r1_k3_s1_e6_c8_se2",
         "mb_r1_k3_s1_e6_c8",
+        "fu_r1_k2_s1_e1_c8",
         "ir_r1_k3_s1_e6_c8_x9",
         "ir_r1_k3_s1_e0_c8",
     ],
@@ -87,6 +102,34 @@ def test_mbconv_block_layer_names():
     plain = MBConvBlock(16, 16, expand=1, act="relu6")
     assert not hasattr(plain, "expand") and not hasattr(plain, "se") and plain.use_residual
     assert isinstance(plain.dw_act, nn.ReLU6)
+
+
+def test_fused_block_is_a_dense_conv_then_a_projection():
+    block = FusedMBConvBlock(16, 24, kernel=3, stride=2, expand=4, se_ratio=0.25, act="relu")
+    assert block.expand.kernel_size == (3, 3) and block.expand.groups == 1
+    assert block.expand.out_channels == 64 and block.project.kernel_size == (1, 1)
+    assert block.se.reduce.out_channels == 4 and not block.use_residual
+    assert block(torch.randn(2, 16, 8, 8)).shape == (2, 24, 4, 4)
+    plain = FusedMBConvBlock(8, 16, kernel=3, stride=2, expand=1, act="relu").eval()
+    assert not hasattr(plain, "project") and plain.expand.out_channels == 16
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():  # expand 1: exactly conv-BN-act, as fmnist-net's dense downsampling conv
+        expected = torch.relu(plain.expand_bn(plain.expand(x)))
+        torch.testing.assert_close(plain(x), expected)
+    same = FusedMBConvBlock(8, 8, expand=2).eval()
+    with torch.no_grad():
+        same.project_bn.weight.zero_()
+        same.project_bn.bias.zero_()
+        assert same.use_residual and torch.equal(same(x), x)
+
+
+def test_mbconv_network_builds_fused_blocks_from_strings():
+    model = create_model(
+        "mbconv", blocks=["fu_r1_k3_s2_e1_c16", "fu_r2_k3_s1_e2_c16", "ir_r1_k3_s2_e3_c24"], head_channels=0
+    )
+    kinds = [type(b).__name__ for b in model.blocks]
+    assert kinds == ["FusedMBConvBlock"] * 3 + ["MBConvBlock"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
 def test_residual_add_and_drop_path():
@@ -144,3 +187,14 @@ def test_mbconv_network_options():
     assert create_model("mbconv").arch["args"]["act"] == "relu6"
     with pytest.raises(BadInput):
         create_model("mbconv", blocks=["zero"])
+
+
+def test_fused_e1_block_counts_as_the_plain_conv_it_is():
+    from mncli.models.blocks import ConvBnAct
+    from mncli.scoring import score_model
+
+    fused = FusedMBConvBlock(16, 24, kernel=3, stride=2, expand=1, act="relu").eval()
+    plain = ConvBnAct(16, 24, 3, 2, act="relu").eval()
+    counts = [score_model(m, {}, input_shape=(16, 28, 28)) for m in (fused, plain)]
+    assert counts[0]["ops"] == counts[1]["ops"] > 24 * 16 * 9 * 14 * 14
+    assert counts[0]["params"] == counts[1]["params"]

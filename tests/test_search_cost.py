@@ -36,6 +36,11 @@ def supernet() -> SuperNet:
     return SuperNet(_space(), seed=0)
 
 
+@pytest.fixture(scope="module")
+def fused_supernet() -> SuperNet:
+    return SuperNet(_space(ops=["k3_e3", "fu_k3_e1", "fu_k5_e2", "zero"]), seed=0, shared=True)
+
+
 def _counted(arch: dict, metric: str) -> float:
     from mncli.models import build_model
     from mncli.scoring import score_model
@@ -45,7 +50,9 @@ def _counted(arch: dict, metric: str) -> float:
 
 
 @pytest.mark.parametrize("metric", ["ops", "params", "score"])
-def test_expected_cost_of_one_hot_probabilities_is_the_counted_cost_of_the_derived_net(supernet, metric):
+@pytest.mark.parametrize("net", ["supernet", "fused_supernet"])
+def test_expected_cost_of_one_hot_probabilities_is_the_counted_cost_of_the_derived_net(net, metric, request):
+    supernet = request.getfixturevalue(net)
     costs = CostModel(supernet, metric)
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -65,10 +72,12 @@ def test_zero_is_offered_only_where_the_block_can_be_skipped():
 
 
 def test_unknown_candidate_op_is_bad_input():
-    for bad in ("k4_e6", "conv3", "k3", "k3_e0"):
+    for bad in ("k4_e6", "conv3", "k3", "k3_e0", "fu_k2_e1", "fu_k3", "fk3_e1"):
         with pytest.raises(BadInput, match="unknown candidate op"):
             _space(ops=["k3_e3", bad])
     assert parse_op("K5_E6").kernel == 5
+    fused = parse_op("fu_k3_e1")
+    assert fused.fused and fused.name == "fu_k3_e1" and fused.block_type == "fu"
 
 
 def test_impossible_target_names_the_minimum(supernet):
@@ -87,6 +96,14 @@ def test_derived_blocks_drop_zero_and_merge_repeats():
     space = _space(widths=[8, 16], repeats=[3, 3])
     choices = ["k3_e3", "zero", "k3_e3", "k5_e6", "k5_e6", "zero"]
     assert derived_blocks(space, choices) == ["ir_r2_k3_s2_e3_c8", "ir_r2_k5_s2_e6_c16"]
+    space = _space(widths=[8, 16], repeats=[3, 3], ops=["k3_e3", "fu_k3_e3", "zero"])
+    choices = ["fu_k3_e3", "k3_e3", "k3_e3", "fu_k3_e3", "fu_k3_e3", "k3_e3"]
+    assert derived_blocks(space, choices) == [
+        "fu_r1_k3_s2_e3_c8",
+        "ir_r2_k3_s1_e3_c8",
+        "fu_r2_k3_s2_e3_c16",
+        "ir_r1_k3_s1_e3_c16",
+    ]
 
 
 def test_fit_to_target_lands_in_the_band(supernet):

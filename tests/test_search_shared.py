@@ -66,7 +66,19 @@ def test_shared_weights_are_registered_once():
     assert len(convs) == 3  # expand, depthwise, project: once for all candidates
 
 
-def test_a_search_runs_with_shared_weights(tmp_path, capsys):
+def test_fused_candidates_keep_their_own_weights_beside_the_shared_ones():
+    from mncli.models.blocks import FusedMBConvBlock
+
+    op = MixedOp(["k3_e3", "k5_e6", "fu_k3_e1", "fu_k3_e2", "zero"], 8, 8, 1, shared=True)
+    assert op.shared.dw.weight.shape == (48, 1, 5, 5)  # the MBConv candidates alone set the size
+    assert all(isinstance(op.candidates[i], FusedMBConvBlock) for i in (2, 3))
+    assert op.candidates[2].expand.weight.shape == (8, 8, 3, 3)
+    only_fused = MixedOp(["fu_k3_e1", "zero"], 8, 8, 1, shared=True)
+    assert not hasattr(only_fused, "shared") and isinstance(only_fused.candidates[0], FusedMBConvBlock)
+
+
+@pytest.mark.parametrize("ops", [None, "k3_e3,fu_k3_e1,fu_k3_e2,zero"])
+def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
     from mncli.cli.app import main
 
     out = tmp_path / "arch.safetensors"
@@ -76,7 +88,7 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys):
             "--widths", "8,16", "--repeats", "2,1", "--strides", "1,2", "--stem-channels", "8",
             "--warmup-epochs", "1", "--epochs", "1", "--batch-size", "16", "--shared-weights",
             "-o", str(out), "--json",
-        ]
+        ] + (["--ops", ops] if ops else [])
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
@@ -85,3 +97,11 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys):
     manifest = load_artifact(out)[1]
     assert manifest["params"]["shared_weights"] is True
     assert result["derived_cost"] > 0
+    blocks = manifest["arch"]["args"]["blocks"]
+    assert blocks and all(b.split("_")[0] in ("ir", "fu") for b in blocks)
+    if ops:  # every derived block is one of the candidates offered
+        assert {b.split("_")[0] + "_" + b.split("_")[2] + "_" + b.split("_")[4] for b in blocks} <= {
+            "ir_k3_e3",
+            "fu_k3_e1",
+            "fu_k3_e2",
+        }

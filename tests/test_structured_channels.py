@@ -227,3 +227,19 @@ def test_untraceable_parameter_free_modules_are_checked_for_channel_order():
     assert _group_of(channel_groups(model, (3, 8, 8)), "conv").prunable
     prune_channels(model, (3, 8, 8), ratios={"conv": 0.5, "head": 0.5})
     assert model.conv.out_channels == 4 and model.head.in_channels == 4 and model.fc.in_features == 4
+
+
+def test_fused_mbconv_blocks_prune_and_rebuild():
+    blocks = ["fu_r1_k3_s2_e1_c16", "fu_r1_k3_s1_e2_c16", "ir_r1_k3_s2_e3_c24"]
+    model = create_model("mbconv", blocks=blocks, head_channels=0, stem_channels=8, num_classes=10).eval()
+    _randomise_bn(model)
+    shape = input_shape(model.arch)
+    hidden = _group_of(channel_groups(model, shape), "blocks.1.expand")
+    assert hidden.consumers == [("blocks.1.project", 1)]
+    params = _count(model)
+    report = prune_channels(model, shape, ratios=dict.fromkeys(select_layers(model), 0.5))
+    assert dict(model.named_modules())["blocks.1.expand"].out_channels < 32
+    assert _count(model) < params
+    _record_shapes(model, report)
+    rebuilt = _rebuilt_logits_match(model, torch.randn(2, *shape))
+    assert _count(rebuilt) == _count(model)

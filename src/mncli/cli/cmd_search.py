@@ -29,7 +29,9 @@ from mncli.cli.options import (
 HELP = (
     "Search an MBConv network for a dataset under a cost target (ProxylessNAS, cost-aware).\n\n"
     "The super-network has one choice block per searchable block: MBConv with kernel 3/5/7 x expansion "
-    "3/6, plus `zero` (skip the block) where stride is 1 and the width does not change. Weights train on "
+    "3/6, plus `zero` (skip the block) where stride is 1 and the width does not change; --ops can add "
+    "Fused-MBConv candidates (`fu_k3_e1`: one dense 3x3 conv, EfficientNetV2's early-stage block). "
+    "Weights train on "
     "the training split with one sampled path per batch (random paths during --warmup-epochs); every "
     "--arch-every batches the architecture probabilities take one Adam step on a held-out validation "
     "batch through binary gates and the cost term (the expected MicroNet ops, params or score). The "
@@ -109,7 +111,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         ops: Annotated[
             str | None,
-            typer.Option("--ops", help="Candidate ops: kK_eE and zero (default k3/5/7 x e3/6 and zero)."),
+            typer.Option(
+                "--ops",
+                help="Candidate ops: kK_eE (MBConv), fu_kK_eE (Fused-MBConv) and zero "
+                "(default k3/5/7 x e3/6 and zero).",
+            ),
         ] = None,
         stem_channels: Annotated[int | None, typer.Option("--stem-channels", help="Stem width.")] = None,
         head_channels: Annotated[

@@ -123,7 +123,29 @@ class DropPath(nn.Module):
         return f"rate={self.rate}"
 
 
-class MBConvBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What MBConv and Fused-MBConv share: the shape checks and the residual add (with drop-path) when
+    stride is 1 and c_in == c_out."""
+
+    def _residual_setup(self, kind: str, c_in: int, c_out: int, kernel: int, stride: int, drop_path: float):
+        if stride not in (1, 2):
+            raise ValueError(f"{kind} stride must be 1 or 2, got {stride}")
+        if kernel % 2 != 1:
+            raise ValueError(f"{kind} kernel must be odd, got {kernel}")
+        self.c_in, self.c_out, self.stride = c_in, c_out, stride
+        self.use_residual = stride == 1 and c_in == c_out
+        if self.use_residual and drop_path > 0:
+            self.drop_path = DropPath(drop_path)
+
+    def _add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not self.use_residual:
+            return out
+        if hasattr(self, "drop_path"):
+            out = self.drop_path(out)
+        return out + x
+
+
+class MBConvBlock(_ResidualBlock):
     """Inverted residual (MobileNetV2 / EfficientNet / ProxylessNAS): 1x1 `expand` -> k x k depthwise `dw`
     -> optional squeeze-excite `se` -> 1x1 `project`, with a residual add when stride is 1 and
     c_in == c_out. With expand == 1 there is no expand conv (a depthwise-separable block).
@@ -144,13 +166,8 @@ class MBConvBlock(nn.Module):
         bn_momentum: float = 0.1,
     ):
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"MBConv stride must be 1 or 2, got {stride}")
-        if kernel % 2 != 1:
-            raise ValueError(f"MBConv kernel must be odd, got {kernel}")
+        self._residual_setup("MBConv", c_in, c_out, kernel, stride, drop_path)
         hidden = int(round(c_in * expand))
-        self.c_in, self.c_out, self.stride = c_in, c_out, stride
-        self.use_residual = stride == 1 and c_in == c_out
         if expand != 1:
             self.expand = nn.Conv2d(c_in, hidden, 1, bias=False)
             self.expand_bn = nn.BatchNorm2d(hidden, eps=bn_eps, momentum=bn_momentum)
@@ -164,8 +181,6 @@ class MBConvBlock(nn.Module):
             self.se = SqueezeExcite(hidden, max(1, int(c_in * se_ratio)), act=act)
         self.project = nn.Conv2d(hidden, c_out, 1, bias=False)
         self.project_bn = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
-        if self.use_residual and drop_path > 0:
-            self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
@@ -174,9 +189,45 @@ class MBConvBlock(nn.Module):
         out = self.dw_act(self.dw_bn(self.dw(out)))
         if hasattr(self, "se"):
             out = self.se(out)
-        out = self.project_bn(self.project(out))
-        if self.use_residual:
-            if hasattr(self, "drop_path"):
-                out = self.drop_path(out)
-            out = out + x
-        return out
+        return self._add_shortcut(self.project_bn(self.project(out)), x)
+
+
+class FusedMBConvBlock(_ResidualBlock):
+    """Fused-MBConv (EfficientNetV2): the 1x1 expand and the k x k depthwise conv of an MBConvBlock
+    fused into one dense k x k `expand` conv -> optional `se` -> 1x1 `project`, residual as in
+    MBConvBlock. With expand == 1 the block is the dense k x k conv alone (`expand`, with its
+    activation, no project). At a few dozen channels a dense conv costs about what the MBConv's 1x1
+    convs cost and mixes channels and space in one step, so early, narrow stages can afford it."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int = 3,
+        stride: int = 1,
+        expand: float = 4,
+        se_ratio: float = 0.0,
+        act: str = "relu6",
+        drop_path: float = 0.0,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ):
+        super().__init__()
+        self._residual_setup("Fused-MBConv", c_in, c_out, kernel, stride, drop_path)
+        hidden = c_out if expand == 1 else int(round(c_in * expand))
+        self.expand = nn.Conv2d(c_in, hidden, kernel, stride, padding=kernel // 2, bias=False)
+        self.expand_bn = nn.BatchNorm2d(hidden, eps=bn_eps, momentum=bn_momentum)
+        self.expand_act = make_act(act)
+        if se_ratio and se_ratio > 0:
+            self.se = SqueezeExcite(hidden, max(1, int(c_in * se_ratio)), act=act)
+        if expand != 1:
+            self.project = nn.Conv2d(hidden, c_out, 1, bias=False)
+            self.project_bn = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.expand_act(self.expand_bn(self.expand(x)))
+        if hasattr(self, "se"):
+            out = self.se(out)
+        if hasattr(self, "project"):
+            out = self.project_bn(self.project(out))
+        return self._add_shortcut(out, x)

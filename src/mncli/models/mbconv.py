@@ -3,7 +3,9 @@ multiplies, and the body of MobileNetV2 and EfficientNet.
 
 A block string (EfficientNet / ProxylessNAS style) is `ir_r2_k5_s2_e6_c40`, optionally with `_se0.25`:
 2 repeats of an MBConv with a 5x5 depthwise conv, stride 2 on the first repeat, expansion 6, 40 output
-channels, squeeze-excite at 0.25 of the block's input channels. `zero` is a skipped block (identity).
+channels, squeeze-excite at 0.25 of the block's input channels. `fu_...` (same fields) is a
+Fused-MBConv (EfficientNetV2): a dense k x k conv in place of the 1x1 expand and the depthwise conv;
+`fu_r1_k3_s2_e1_c24` is a plain 3x3 stride-2 conv-BN-act. `zero` is a skipped block (identity).
 Width and depth multipliers use EfficientNet rounding (round_filters / round_repeats).
 """
 
@@ -17,6 +19,7 @@ from torch import nn
 from mncli.errors import BadInput
 from mncli.models.blocks import (
     ConvBnAct,
+    FusedMBConvBlock,
     MBConvBlock,
     check_act,
     init_weights,
@@ -26,6 +29,7 @@ from mncli.models.blocks import (
 from mncli.models.registry import register_family
 
 _FIELDS = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expand", "c": "channels", "se": "se_ratio"}
+BLOCK_TYPES = {"ir": MBConvBlock, "fu": FusedMBConvBlock}
 _TOKEN = re.compile(r"(se|r|k|s|e|c)(\d+(?:\.\d+)?)")
 
 
@@ -37,10 +41,12 @@ def parse_block(text: str) -> dict:
     parts = text.strip().lower().split("_")
     if parts == ["zero"]:
         return {"type": "zero"}
-    example = "ir_r2_k5_s2_e6_c40 (optionally _se0.25)"
-    if parts[0] != "ir":
-        raise BadInput(f"bad block string {text!r}: must start with ir_ or be zero", hint=f"e.g. {example}")
-    block: dict = {"type": "ir", "se_ratio": 0.0}
+    example = "ir_r2_k5_s2_e6_c40 or fu_r1_k3_s2_e1_c24 (optionally _se0.25)"
+    if parts[0] not in BLOCK_TYPES:
+        raise BadInput(
+            f"bad block string {text!r}: must start with ir_ or fu_, or be zero", hint=f"e.g. {example}"
+        )
+    block: dict = {"type": parts[0], "se_ratio": 0.0}
     for part in parts[1:]:
         match = _TOKEN.fullmatch(part)
         if not match:
@@ -78,7 +84,8 @@ def format_block(block: dict | None = None, **fields) -> str:
     block = {**(block or {}), **fields}
     if block.get("type") == "zero":
         return "zero"
-    text = "ir_r{}_k{}_s{}_e{}_c{}".format(
+    text = "{}_r{}_k{}_s{}_e{}_c{}".format(
+        block.get("type", "ir"),
         int(block.get("repeats", 1)),
         int(block["kernel"]),
         int(block["stride"]),
@@ -137,7 +144,7 @@ class MBConvNet(nn.Module):
                 continue
             for i in range(block["repeats"]):
                 layers.append(
-                    MBConvBlock(
+                    BLOCK_TYPES[block["type"]](
                         c_in,
                         block["channels"],
                         block["kernel"],
@@ -151,7 +158,7 @@ class MBConvNet(nn.Module):
                 )
                 c_in = block["channels"]
         if not layers:
-            raise ValueError("an MBConv network needs at least one ir_ block")
+            raise ValueError("an MBConv network needs at least one ir_ or fu_ block")
         self.blocks = nn.Sequential(*layers)
         if head_channels > 0:
             self.head = ConvBnAct(c_in, head_channels, 1, 1, act, **bn)

@@ -1,7 +1,9 @@
 """The search space: stem, stages of searchable MBConv blocks, head, and the candidate operations.
 
-A candidate is `kK_eE` (an MBConv block with a K x K depthwise kernel and expansion E) or `zero` (the
-block is skipped: it becomes its identity shortcut, allowed only where stride is 1 and c_in == c_out).
+A candidate is `kK_eE` (an MBConv block with a K x K depthwise kernel and expansion E), `fu_kK_eE` (a
+Fused-MBConv: one dense K x K conv instead of the 1x1 expand and the depthwise conv; `fu_k3_e1` is a
+plain 3x3 conv) or `zero` (the block is skipped: it becomes its identity shortcut, allowed only where
+stride is 1 and c_in == c_out).
 """
 
 from __future__ import annotations
@@ -12,35 +14,42 @@ from dataclasses import asdict, dataclass, field
 from mncli.errors import BadInput
 
 DEFAULT_OPS = ["k3_e3", "k3_e6", "k5_e3", "k5_e6", "k7_e3", "k7_e6", "zero"]
-_OP = re.compile(r"k(\d+)_e(\d+)")
+_OP = re.compile(r"(fu_)?k(\d+)_e(\d+)")
 
 
 @dataclass(frozen=True)
 class Candidate:
     kernel: int
     expansion: int
+    fused: bool = False
 
     @property
     def name(self) -> str:
-        return f"k{self.kernel}_e{self.expansion}"
+        return f"{'fu_' if self.fused else ''}k{self.kernel}_e{self.expansion}"
+
+    @property
+    def block_type(self) -> str:
+        """The `mbconv` block-string type of this candidate."""
+        return "fu" if self.fused else "ir"
 
 
 ZERO = "zero"
 
 
 def parse_op(text: str) -> Candidate | str:
-    """`k5_e6` -> Candidate(5, 6); `zero` -> "zero"; anything else is BadInput."""
+    """`k5_e6` -> Candidate(5, 6); `fu_k3_e1` -> Candidate(3, 1, fused=True); `zero` -> "zero"; anything
+    else is BadInput."""
     op = text.strip().lower()
     if op == ZERO:
         return ZERO
     match = _OP.fullmatch(op)
-    if not match or int(match.group(1)) % 2 == 0 or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+    if not match or int(match.group(2)) % 2 == 0 or int(match.group(3)) < 1:
         raise BadInput(
             f"unknown candidate op {text!r}",
-            hint="candidates are kK_eE with an odd kernel K and expansion E "
-            "(k3_e3, k5_e6, k7_e6, ...) or zero",
+            hint="candidates are kK_eE (MBConv) or fu_kK_eE (Fused-MBConv) with an odd kernel K and "
+            "expansion E (k3_e3, k5_e6, fu_k3_e1, ...) or zero",
         )
-    return Candidate(int(match.group(1)), int(match.group(2)))
+    return Candidate(int(match.group(2)), int(match.group(3)), fused=bool(match.group(1)))
 
 
 @dataclass
@@ -71,7 +80,7 @@ class SearchSpace:
             raise BadInput("strides must be 1 or 2")
         parsed = [parse_op(o) for o in self.ops]
         if not any(isinstance(p, Candidate) for p in parsed):
-            raise BadInput("the candidate ops need at least one MBConv op (kK_eE) besides zero")
+            raise BadInput("the candidate ops need at least one block op (kK_eE, fu_kK_eE) besides zero")
         self.ops = [p if isinstance(p, str) else p.name for p in parsed]
         if len(set(self.ops)) != len(self.ops):
             raise BadInput(f"candidate ops repeat: {self.ops}")

@@ -7,7 +7,8 @@ forward pass. The derived network is the zoo's `mbconv` architecture with the ch
 
 With `shared=True` (ours, not the paper's) the candidates of a choice block are cut from one set of
 weights: a k x k depthwise kernel is the centre of the largest one, expansion e uses the first e * c_in
-hidden channels; batch norm stays per candidate. Separate weights make every switch of a non-residual
+hidden channels; batch norm stays per candidate (Fused-MBConv candidates keep weights of their own).
+Separate weights make every switch of a non-residual
 block change the meaning of all channels downstream, and the super-network then hardly trains in a
 short search (bench/supernet_single_path.py: 30 % vs 77 % training accuracy after 400 steps).
 """
@@ -25,20 +26,21 @@ ACT = "relu6"
 BN_EPS = 1e-3
 
 
-def block_string(kernel: int, expansion: int, stride: int, c_out: int, repeats: int = 1) -> str:
-    return f"ir_r{repeats}_k{kernel}_s{stride}_e{expansion}_c{c_out}"
+def block_string(
+    kernel: int, expansion: int, stride: int, c_out: int, repeats: int = 1, block_type: str = "ir"
+) -> str:
+    return f"{block_type}_r{repeats}_k{kernel}_s{stride}_e{expansion}_c{c_out}"
 
 
 def make_candidate(choice: str, c_in: int, c_out: int, stride: int) -> nn.Module:
     """One candidate operation as the zoo builds the block (identity for `zero`)."""
     if choice == ZERO:
         return nn.Identity()
-    from mncli.models.blocks import MBConvBlock
+    from mncli.models.blocks import FusedMBConvBlock, MBConvBlock
 
     op = parse_op(choice)
-    return MBConvBlock(
-        c_in, c_out, kernel=op.kernel, stride=stride, expand=op.expansion, act=ACT, bn_eps=BN_EPS
-    )
+    block = FusedMBConvBlock if op.fused else MBConvBlock
+    return block(c_in, c_out, kernel=op.kernel, stride=stride, expand=op.expansion, act=ACT, bn_eps=BN_EPS)
 
 
 class SharedMBConv(nn.Module):
@@ -82,17 +84,18 @@ class SharedCandidate(nn.Module):
 
 
 def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: int):
-    """(the shared weights, one module per choice) for a weight-sharing choice block."""
-    ops = [parse_op(c) for c in choices if c != ZERO]
+    """(the shared weights, one module per choice) for a weight-sharing choice block. The MBConv
+    candidates share; `zero` and Fused-MBConv candidates are built as without sharing."""
+    ops = [parse_op(c) for c in choices if c != ZERO and not parse_op(c).fused]
     shared = SharedMBConv(
         c_in, c_out, stride, max(op.kernel for op in ops), max(int(op.expansion) for op in ops)
     )
     candidates: list[nn.Module] = []
     for choice in choices:
-        if choice == ZERO:
-            candidates.append(nn.Identity())
+        op = None if choice == ZERO else parse_op(choice)
+        if op is None or op.fused:
+            candidates.append(make_candidate(choice, c_in, c_out, stride))
         else:
-            op = parse_op(choice)
             candidates.append(SharedCandidate(shared, op.kernel, int(op.expansion), c_out))
     return shared, candidates
 
@@ -116,7 +119,7 @@ class MixedOp(nn.Module):
         super().__init__()
         self.choices = list(choices)
         self.c_in, self.c_out, self.stride = c_in, c_out, stride
-        if shared and any(c != ZERO for c in self.choices):
+        if shared and any(c != ZERO and not parse_op(c).fused for c in self.choices):
             self.shared, candidates = make_shared_candidates(self.choices, c_in, c_out, stride)
             self.candidates = nn.ModuleList(candidates)
         else:
@@ -245,23 +248,22 @@ def fixed_args(space: SearchSpace, blocks: list[str]) -> dict:
 def derived_blocks(space: SearchSpace, choices: list[str]) -> list[str]:
     """Block strings of the derived network: zero blocks dropped, consecutive identical blocks of a
     stage merged into one string with repeats (stride on its first block, as the zoo reads them)."""
-    strings: list[tuple[int, int, int, int, int]] = []  # kernel, expansion, stride, c_out, repeats
+    strings: list[dict] = []
     for block, choice in zip(space.blocks(), choices, strict=True):
         if choice == ZERO:
             continue
         op = parse_op(choice)
         last = strings[-1] if strings else None
-        if (
-            last is not None
-            and block["stride"] == 1
-            and last[0] == op.kernel
-            and last[1] == op.expansion
-            and last[3] == block["c_out"]
-        ):
-            strings[-1] = (*last[:4], last[4] + 1)
+        if last is not None and block["stride"] == 1 and last["op"] == op and last["c_out"] == block["c_out"]:
+            last["repeats"] += 1
         else:
-            strings.append((op.kernel, op.expansion, block["stride"], block["c_out"], 1))
-    return [block_string(k, e, s, c, r) for k, e, s, c, r in strings]
+            strings.append({"op": op, "stride": block["stride"], "c_out": block["c_out"], "repeats": 1})
+    return [
+        block_string(
+            b["op"].kernel, b["op"].expansion, b["stride"], b["c_out"], b["repeats"], b["op"].block_type
+        )
+        for b in strings
+    ]
 
 
 def derived_arch(space: SearchSpace, choices: list[str]) -> dict:
