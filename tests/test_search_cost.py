@@ -41,6 +41,11 @@ def fused_supernet() -> SuperNet:
     return SuperNet(_space(ops=["k3_e3", "fu_k3_e1", "fu_k5_e2", "zero"]), seed=0, shared=True)
 
 
+@pytest.fixture(scope="module")
+def se_supernet() -> SuperNet:
+    return SuperNet(_space(ops=["k3_e3", "k5_e6", "fu_k3_e2", "zero"], se_ratio=0.25), seed=0, shared=True)
+
+
 def _counted(arch: dict, metric: str) -> float:
     from mncli.models import build_model
     from mncli.scoring import score_model
@@ -50,7 +55,7 @@ def _counted(arch: dict, metric: str) -> float:
 
 
 @pytest.mark.parametrize("metric", ["ops", "params", "score"])
-@pytest.mark.parametrize("net", ["supernet", "fused_supernet"])
+@pytest.mark.parametrize("net", ["supernet", "fused_supernet", "se_supernet"])
 def test_expected_cost_of_one_hot_probabilities_is_the_counted_cost_of_the_derived_net(net, metric, request):
     supernet = request.getfixturevalue(net)
     costs = CostModel(supernet, metric)
@@ -104,6 +109,17 @@ def test_derived_blocks_drop_zero_and_merge_repeats():
         "fu_r2_k3_s2_e3_c16",
         "ir_r1_k3_s1_e3_c16",
     ]
+
+
+def test_squeeze_excite_reaches_every_derived_block():
+    space = _space(ops=["k3_e3", "fu_k3_e1", "zero"], se_ratio=0.25)
+    assert derived_blocks(space, ["fu_k3_e1", "k3_e3", "k3_e3", "zero"]) == [
+        "fu_r1_k3_s2_e1_c8_se0.25",
+        "ir_r1_k3_s1_e3_c8_se0.25",
+        "ir_r1_k3_s2_e3_c16_se0.25",
+    ]
+    with pytest.raises(BadInput, match="se-ratio"):
+        _space(se_ratio=1.5)
 
 
 def test_fit_to_target_lands_in_the_band(supernet):

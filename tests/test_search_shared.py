@@ -20,7 +20,13 @@ def _as_zoo_block(op: MixedOp, index: int) -> MBConvBlock:
     cand, shared = op.candidates[index], op.shared
     spec = parse_op(op.choices[index])
     block = MBConvBlock(
-        op.c_in, op.c_out, kernel=spec.kernel, stride=op.stride, expand=spec.expansion, bn_eps=1e-3
+        op.c_in,
+        op.c_out,
+        kernel=spec.kernel,
+        stride=op.stride,
+        expand=spec.expansion,
+        se_ratio=op.se_ratio,
+        bn_eps=1e-3,
     )
     hidden, crop = cand.hidden, (shared.kernel - spec.kernel) // 2
     with torch.no_grad():
@@ -33,15 +39,23 @@ def _as_zoo_block(op: MixedOp, index: int) -> MBConvBlock:
             shared.dw.weight[:hidden, :, crop : crop + spec.kernel, crop : crop + spec.kernel]
         )
         block.dw_bn.load_state_dict(cand.dw_bn.state_dict())
+        if op.se_ratio:
+            block.se.reduce.weight.copy_(shared.se_reduce.weight[:, :hidden])
+            block.se.reduce.bias.copy_(shared.se_reduce.bias)
+            block.se.expand.weight.copy_(shared.se_expand.weight[:hidden])
+            block.se.expand.bias.copy_(shared.se_expand.bias[:hidden])
         block.project.weight.copy_(shared.project.weight[:, :hidden])
         block.project_bn.load_state_dict(cand.project_bn.state_dict())
     return block.eval()
 
 
+@pytest.mark.parametrize("se_ratio", [0.0, 0.25])
 @pytest.mark.parametrize("c_in,c_out,stride", [(8, 8, 1), (8, 16, 2)])
-def test_each_candidate_is_the_zoo_block_with_sliced_weights(c_in, c_out, stride):
+def test_each_candidate_is_the_zoo_block_with_sliced_weights(c_in, c_out, stride, se_ratio):
     torch.manual_seed(0)
-    op = MixedOp(CHOICES, c_in, c_out, stride, shared=True)
+    op = MixedOp(CHOICES, c_in, c_out, stride, shared=True, se_ratio=se_ratio)
+    if se_ratio:
+        assert op.shared.se_reduce.weight.shape == (2, 48, 1, 1)  # 0.25 x 8 inputs, largest hidden
     for module in op.modules():  # non-trivial BN statistics, so eval mode uses them
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -88,7 +102,7 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
             "--widths", "8,16", "--repeats", "2,1", "--strides", "1,2", "--stem-channels", "8",
             "--warmup-epochs", "1", "--epochs", "1", "--batch-size", "16", "--shared-weights",
             "-o", str(out), "--json",
-        ] + (["--ops", ops] if ops else [])
+        ] + (["--ops", ops, "--se-ratio", "0.25"] if ops else [])
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
@@ -99,7 +113,9 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
     assert result["derived_cost"] > 0
     blocks = manifest["arch"]["args"]["blocks"]
     assert blocks and all(b.split("_")[0] in ("ir", "fu") for b in blocks)
-    if ops:  # every derived block is one of the candidates offered
+    if ops:  # every derived block is one of the candidates offered, with squeeze-excite
+        assert all(b.endswith("_se0.25") for b in blocks)
+        assert manifest["search"]["space"]["se_ratio"] == 0.25
         assert {b.split("_")[0] + "_" + b.split("_")[2] + "_" + b.split("_")[4] for b in blocks} <= {
             "ir_k3_e3",
             "fu_k3_e1",

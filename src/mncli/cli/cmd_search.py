@@ -121,6 +121,14 @@ def register(app: typer.Typer) -> None:
         head_channels: Annotated[
             int | None, typer.Option("--head-channels", help="1x1 head conv width (0: none).")
         ] = None,
+        se_ratio: Annotated[
+            float,
+            typer.Option(
+                "--se-ratio",
+                help="Squeeze-excite in every candidate block, at this fraction of its input channels "
+                "(EfficientNet: 0.25; 0: none).",
+            ),
+        ] = 0.0,
         shared_weights: Annotated[
             bool,
             typer.Option(
@@ -169,9 +177,9 @@ def register(app: typer.Typer) -> None:
             out=out, dataset=dataset, widths=_ints(widths, "--widths"), repeats=_ints(repeats, "--repeats"),
             strides=_ints(strides, "--strides"), ops=[o for o in ops.split(",") if o.strip()] or None
             if ops else None,
-            stem_channels=stem_channels, head_channels=head_channels, cost=cost, target_ops=target_ops,
-            target_params=target_params, target_score=target_score, cost_loss=cost_loss,
-            fit_target=fit_target, shared_weights=shared_weights,
+            stem_channels=stem_channels, head_channels=head_channels, se_ratio=se_ratio, cost=cost,
+            target_ops=target_ops, target_params=target_params, target_score=target_score,
+            cost_loss=cost_loss, fit_target=fit_target, shared_weights=shared_weights,
             binary_mode=binary_mode, arch_lr=arch_lr, arch_every=arch_every, arch_steps=arch_steps,
             warmup_epochs=warmup_epochs, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
             weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule,

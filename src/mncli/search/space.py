@@ -67,6 +67,7 @@ class SearchSpace:
     ops: list[str] = field(default_factory=lambda: list(DEFAULT_OPS))
     head_channels: int = 0
     first_block: str | None = None  # a fixed, unsearched block after the stem (MobileNetV2's e1 block)
+    se_ratio: float = 0.0  # squeeze-excite in every candidate, as a fraction of its input channels
 
     def __post_init__(self) -> None:
         if not (len(self.widths) == len(self.repeats) == len(self.strides)) or not self.widths:
@@ -78,6 +79,10 @@ class SearchSpace:
             raise BadInput("stage widths and repeats must be positive")
         if any(s not in (1, 2) for s in self.strides) or self.stem_stride not in (1, 2):
             raise BadInput("strides must be 1 or 2")
+        if not 0.0 <= self.se_ratio <= 1.0:
+            raise BadInput(
+                f"--se-ratio must be in [0, 1], got {self.se_ratio:g}", hint="e.g. --se-ratio 0.25"
+            )
         parsed = [parse_op(o) for o in self.ops]
         if not any(isinstance(p, Candidate) for p in parsed):
             raise BadInput("the candidate ops need at least one block op (kK_eE, fu_kK_eE) besides zero")

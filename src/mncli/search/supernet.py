@@ -27,12 +27,19 @@ BN_EPS = 1e-3
 
 
 def block_string(
-    kernel: int, expansion: int, stride: int, c_out: int, repeats: int = 1, block_type: str = "ir"
+    kernel: int,
+    expansion: int,
+    stride: int,
+    c_out: int,
+    repeats: int = 1,
+    block_type: str = "ir",
+    se_ratio: float = 0.0,
 ) -> str:
-    return f"{block_type}_r{repeats}_k{kernel}_s{stride}_e{expansion}_c{c_out}"
+    text = f"{block_type}_r{repeats}_k{kernel}_s{stride}_e{expansion}_c{c_out}"
+    return text + (f"_se{se_ratio:g}" if se_ratio else "")
 
 
-def make_candidate(choice: str, c_in: int, c_out: int, stride: int) -> nn.Module:
+def make_candidate(choice: str, c_in: int, c_out: int, stride: int, se_ratio: float = 0.0) -> nn.Module:
     """One candidate operation as the zoo builds the block (identity for `zero`)."""
     if choice == ZERO:
         return nn.Identity()
@@ -40,19 +47,34 @@ def make_candidate(choice: str, c_in: int, c_out: int, stride: int) -> nn.Module
 
     op = parse_op(choice)
     block = FusedMBConvBlock if op.fused else MBConvBlock
-    return block(c_in, c_out, kernel=op.kernel, stride=stride, expand=op.expansion, act=ACT, bn_eps=BN_EPS)
+    return block(
+        c_in,
+        c_out,
+        kernel=op.kernel,
+        stride=stride,
+        expand=op.expansion,
+        se_ratio=se_ratio,
+        act=ACT,
+        bn_eps=BN_EPS,
+    )
 
 
 class SharedMBConv(nn.Module):
     """The largest candidate's convolution weights, which every candidate of a block slices."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, expansion: int):
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, kernel: int, expansion: int, se_ratio: float = 0.0
+    ):
         super().__init__()
         hidden = c_in * expansion
         self.c_in, self.stride, self.kernel = c_in, stride, kernel
         self.residual = stride == 1 and c_in == c_out
         self.expand = nn.Conv2d(c_in, hidden, 1, bias=False)
         self.dw = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False)
+        if se_ratio:  # the zoo's SqueezeExcite, its hidden side sliced like the depthwise conv
+            reduced = max(1, int(c_in * se_ratio))
+            self.se_reduce = nn.Conv2d(hidden, reduced, 1, bias=True)
+            self.se_expand = nn.Conv2d(reduced, hidden, 1, bias=True)
         self.project = nn.Conv2d(hidden, c_out, 1, bias=False)
 
 
@@ -79,22 +101,25 @@ class SharedCandidate(nn.Module):
         crop = (w.kernel - k) // 2
         dw = w.dw.weight[:h, :, crop : crop + k, crop : crop + k]
         out = F.relu6(self.dw_bn(F.conv2d(out, dw, None, w.stride, k // 2, 1, h)))
+        if hasattr(w, "se_reduce"):
+            pooled = out.mean((2, 3), keepdim=True)
+            squeezed = F.relu6(F.conv2d(pooled, w.se_reduce.weight[:, :h], w.se_reduce.bias))
+            out = out * torch.sigmoid(F.conv2d(squeezed, w.se_expand.weight[:h], w.se_expand.bias[:h]))
         out = self.project_bn(F.conv2d(out, w.project.weight[:, :h]))
         return x + out if w.residual else out
 
 
-def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: int):
+def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: int, se_ratio: float = 0.0):
     """(the shared weights, one module per choice) for a weight-sharing choice block. The MBConv
     candidates share; `zero` and Fused-MBConv candidates are built as without sharing."""
     ops = [parse_op(c) for c in choices if c != ZERO and not parse_op(c).fused]
-    shared = SharedMBConv(
-        c_in, c_out, stride, max(op.kernel for op in ops), max(int(op.expansion) for op in ops)
-    )
+    kernel, expansion = max(op.kernel for op in ops), max(int(op.expansion) for op in ops)
+    shared = SharedMBConv(c_in, c_out, stride, kernel, expansion, se_ratio)
     candidates: list[nn.Module] = []
     for choice in choices:
         op = None if choice == ZERO else parse_op(choice)
         if op is None or op.fused:
-            candidates.append(make_candidate(choice, c_in, c_out, stride))
+            candidates.append(make_candidate(choice, c_in, c_out, stride, se_ratio))
         else:
             candidates.append(SharedCandidate(shared, op.kernel, int(op.expansion), c_out))
     return shared, candidates
@@ -115,15 +140,18 @@ class MixedOp(nn.Module):
         stride: int,
         alpha_std: float = 1e-3,
         shared: bool = False,
+        se_ratio: float = 0.0,
     ):
         super().__init__()
         self.choices = list(choices)
-        self.c_in, self.c_out, self.stride = c_in, c_out, stride
+        self.c_in, self.c_out, self.stride, self.se_ratio = c_in, c_out, stride, se_ratio
         if shared and any(c != ZERO and not parse_op(c).fused for c in self.choices):
-            self.shared, candidates = make_shared_candidates(self.choices, c_in, c_out, stride)
+            self.shared, candidates = make_shared_candidates(self.choices, c_in, c_out, stride, se_ratio)
             self.candidates = nn.ModuleList(candidates)
         else:
-            self.candidates = nn.ModuleList(make_candidate(c, c_in, c_out, stride) for c in self.choices)
+            self.candidates = nn.ModuleList(
+                make_candidate(c, c_in, c_out, stride, se_ratio) for c in self.choices
+            )
         self.alpha = torch.empty(len(choices)).normal_(0.0, alpha_std).requires_grad_(True)
         self.gates = torch.zeros(len(choices), requires_grad=True)
         # "path": run `active` in training (argmax in eval); "fixed": always `active`;
@@ -198,7 +226,14 @@ class SuperNet(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.mixed = nn.ModuleList()
         for block in blocks:
-            op = MixedOp(block["choices"], block["c_in"], block["c_out"], block["stride"], shared=shared)
+            op = MixedOp(
+                block["choices"],
+                block["c_in"],
+                block["c_out"],
+                block["stride"],
+                shared=shared,
+                se_ratio=space.se_ratio,
+            )
             op.alpha = (
                 torch.empty(len(op.choices)).normal_(0.0, 1e-3, generator=generator).requires_grad_(True)
             )
@@ -260,7 +295,13 @@ def derived_blocks(space: SearchSpace, choices: list[str]) -> list[str]:
             strings.append({"op": op, "stride": block["stride"], "c_out": block["c_out"], "repeats": 1})
     return [
         block_string(
-            b["op"].kernel, b["op"].expansion, b["stride"], b["c_out"], b["repeats"], b["op"].block_type
+            b["op"].kernel,
+            b["op"].expansion,
+            b["stride"],
+            b["c_out"],
+            b["repeats"],
+            b["op"].block_type,
+            space.se_ratio,
         )
         for b in strings
     ]

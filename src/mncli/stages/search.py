@@ -24,6 +24,7 @@ class SearchConfig:
     ops: list[str] | None = None
     stem_channels: int | None = None
     head_channels: int | None = None
+    se_ratio: float = 0.0
     # the cost
     cost: str | None = None  # ops | params | score (default: the metric of the target given, else ops)
     target_ops: float | None = None
@@ -98,6 +99,7 @@ def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classe
         input_size=input_size,
         num_classes=num_classes,
         ops=list(cfg.ops) if cfg.ops else list(DEFAULT_OPS),
+        se_ratio=cfg.se_ratio,
         **base,
     )
 
