@@ -7,10 +7,10 @@ forward pass. The derived network is the zoo's `mbconv` architecture with the ch
 
 With `shared=True` (ours, not the paper's) the candidates of a choice block are cut from one set of
 weights: a k x k depthwise kernel is the centre of the largest one, expansion e uses the first e * c_in
-hidden channels; batch norm stays per candidate (Fused-MBConv candidates keep weights of their own).
-Separate weights make every switch of a non-residual
-block change the meaning of all channels downstream, and the super-network then hardly trains in a
-short search (bench/supernet_single_path.py: 30 % vs 77 % training accuracy after 400 steps).
+hidden channels (squeeze-excite too); batch norm stays per candidate, and Fused-MBConv candidates keep
+weights of their own. Separate weights make every switch of a non-residual block change the meaning of
+all channels downstream, and the super-network then hardly trains in a short search
+(bench/supernet_single_path.py: 30 % vs 77 % training accuracy after 400 steps).
 """
 
 from __future__ import annotations
