@@ -19,24 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mncli.models.mbconv import format_block
 from mncli.search.space import ZERO, SearchSpace, parse_op
 
 # The zoo's `mbconv` settings the candidates are built with, so the derived network is the same blocks.
 ACT = "relu6"
 BN_EPS = 1e-3
-
-
-def block_string(
-    kernel: int,
-    expansion: int,
-    stride: int,
-    c_out: int,
-    repeats: int = 1,
-    block_type: str = "ir",
-    se_ratio: float = 0.0,
-) -> str:
-    text = f"{block_type}_r{repeats}_k{kernel}_s{stride}_e{expansion}_c{c_out}"
-    return text + (f"_se{se_ratio:g}" if se_ratio else "")
 
 
 def make_candidate(choice: str, c_in: int, c_out: int, stride: int, se_ratio: float = 0.0) -> nn.Module:
@@ -111,13 +99,17 @@ class SharedCandidate(nn.Module):
 
 def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: int, se_ratio: float = 0.0):
     """(the shared weights, one module per choice) for a weight-sharing choice block. The MBConv
-    candidates share; `zero` and Fused-MBConv candidates are built as without sharing."""
-    ops = [parse_op(c) for c in choices if c != ZERO and not parse_op(c).fused]
-    kernel, expansion = max(op.kernel for op in ops), max(int(op.expansion) for op in ops)
-    shared = SharedMBConv(c_in, c_out, stride, kernel, expansion, se_ratio)
+    candidates share; `zero` and Fused-MBConv candidates are built as without sharing, and a block
+    with no MBConv candidate has no shared weights (None)."""
+    ops = {c: parse_op(c) for c in choices if c != ZERO}
+    sharing = [op for op in ops.values() if not op.fused]
+    shared = None
+    if sharing:
+        kernel, expansion = max(op.kernel for op in sharing), max(int(op.expansion) for op in sharing)
+        shared = SharedMBConv(c_in, c_out, stride, kernel, expansion, se_ratio)
     candidates: list[nn.Module] = []
     for choice in choices:
-        op = None if choice == ZERO else parse_op(choice)
+        op = ops.get(choice)
         if op is None or op.fused:
             candidates.append(make_candidate(choice, c_in, c_out, stride, se_ratio))
         else:
@@ -145,13 +137,13 @@ class MixedOp(nn.Module):
         super().__init__()
         self.choices = list(choices)
         self.c_in, self.c_out, self.stride, self.se_ratio = c_in, c_out, stride, se_ratio
-        if shared and any(c != ZERO and not parse_op(c).fused for c in self.choices):
-            self.shared, candidates = make_shared_candidates(self.choices, c_in, c_out, stride, se_ratio)
-            self.candidates = nn.ModuleList(candidates)
+        if shared:
+            weights, candidates = make_shared_candidates(self.choices, c_in, c_out, stride, se_ratio)
+            if weights is not None:
+                self.shared = weights
         else:
-            self.candidates = nn.ModuleList(
-                make_candidate(c, c_in, c_out, stride, se_ratio) for c in self.choices
-            )
+            candidates = [make_candidate(c, c_in, c_out, stride, se_ratio) for c in self.choices]
+        self.candidates = nn.ModuleList(candidates)
         self.alpha = torch.empty(len(choices)).normal_(0.0, alpha_std).requires_grad_(True)
         self.gates = torch.zeros(len(choices), requires_grad=True)
         # "path": run `active` in training (argmax in eval); "fixed": always `active`;
@@ -294,14 +286,14 @@ def derived_blocks(space: SearchSpace, choices: list[str]) -> list[str]:
         else:
             strings.append({"op": op, "stride": block["stride"], "c_out": block["c_out"], "repeats": 1})
     return [
-        block_string(
-            b["op"].kernel,
-            b["op"].expansion,
-            b["stride"],
-            b["c_out"],
-            b["repeats"],
-            b["op"].block_type,
-            space.se_ratio,
+        format_block(
+            type=b["op"].block_type,
+            repeats=b["repeats"],
+            kernel=b["op"].kernel,
+            stride=b["stride"],
+            expand=b["op"].expansion,
+            channels=b["c_out"],
+            se_ratio=space.se_ratio,
         )
         for b in strings
     ]
