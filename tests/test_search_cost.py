@@ -46,6 +46,11 @@ def se_supernet() -> SuperNet:
     return SuperNet(_space(ops=["k3_e3", "k5_e6", "fu_k3_e2", "zero"], se_ratio=0.25), seed=0, shared=True)
 
 
+@pytest.fixture(scope="module")
+def hswish_supernet() -> SuperNet:  # hard-swish costs 4 ops per element where relu6 costs 1
+    return SuperNet(_space(act="hswish", stem_stride=2, se_ratio=0.25), seed=0, shared=True)
+
+
 def _counted(arch: dict, metric: str) -> float:
     from mncli.models import build_model
     from mncli.scoring import score_model
@@ -55,7 +60,7 @@ def _counted(arch: dict, metric: str) -> float:
 
 
 @pytest.mark.parametrize("metric", ["ops", "params", "score"])
-@pytest.mark.parametrize("net", ["supernet", "fused_supernet", "se_supernet"])
+@pytest.mark.parametrize("net", ["supernet", "fused_supernet", "se_supernet", "hswish_supernet"])
 def test_expected_cost_of_one_hot_probabilities_is_the_counted_cost_of_the_derived_net(net, metric, request):
     supernet = request.getfixturevalue(net)
     costs = CostModel(supernet, metric)
@@ -120,6 +125,13 @@ def test_squeeze_excite_reaches_every_derived_block():
     ]
     with pytest.raises(BadInput, match="se-ratio"):
         _space(se_ratio=1.5)
+
+
+def test_activation_reaches_the_derived_net_and_unknown_ones_are_bad_input():
+    space = _space(act="HSwish")
+    assert derived_arch(space, ["k3_e3", "zero", "k5_e6", "k3_e3"])["args"]["act"] == "hswish"
+    with pytest.raises(BadInput, match="unknown activation 'gelu'"):
+        _space(act="gelu")
 
 
 def test_fit_to_target_lands_in_the_band(supernet):

@@ -26,6 +26,7 @@ def _as_zoo_block(op: MixedOp, index: int) -> MBConvBlock:
         stride=op.stride,
         expand=spec.expansion,
         se_ratio=op.se_ratio,
+        act=op.act,
         bn_eps=1e-3,
     )
     hidden, crop = cand.hidden, (shared.kernel - spec.kernel) // 2
@@ -49,11 +50,11 @@ def _as_zoo_block(op: MixedOp, index: int) -> MBConvBlock:
     return block.eval()
 
 
-@pytest.mark.parametrize("se_ratio", [0.0, 0.25])
+@pytest.mark.parametrize("se_ratio,act", [(0.0, "relu6"), (0.25, "relu6"), (0.25, "hswish")])
 @pytest.mark.parametrize("c_in,c_out,stride", [(8, 8, 1), (8, 16, 2)])
-def test_each_candidate_is_the_zoo_block_with_sliced_weights(c_in, c_out, stride, se_ratio):
+def test_each_candidate_is_the_zoo_block_with_sliced_weights(c_in, c_out, stride, se_ratio, act):
     torch.manual_seed(0)
-    op = MixedOp(CHOICES, c_in, c_out, stride, shared=True, se_ratio=se_ratio)
+    op = MixedOp(CHOICES, c_in, c_out, stride, shared=True, se_ratio=se_ratio, act=act)
     if se_ratio:
         assert op.shared.se_reduce.weight.shape == (2, 48, 1, 1)  # 0.25 x 8 inputs, largest hidden
     for module in op.modules():  # non-trivial BN statistics, so eval mode uses them
@@ -102,7 +103,7 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
             "--widths", "8,16", "--repeats", "2,1", "--strides", "1,2", "--stem-channels", "8",
             "--warmup-epochs", "1", "--epochs", "1", "--batch-size", "16", "--shared-weights",
             "-o", str(out), "--json",
-        ] + (["--ops", ops, "--se-ratio", "0.25"] if ops else [])
+        ] + (["--ops", ops, "--se-ratio", "0.25", "--act", "hswish", "--stem-stride", "2"] if ops else [])
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
@@ -115,6 +116,7 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
     assert blocks and all(b.split("_")[0] in ("ir", "fu") for b in blocks)
     if ops:  # every derived block is one of the candidates offered, with squeeze-excite
         assert all(b.endswith("_se0.25") for b in blocks)
+        assert manifest["arch"]["args"]["act"] == "hswish" and manifest["arch"]["args"]["stem_stride"] == 2
         assert manifest["search"]["space"]["se_ratio"] == 0.25
         assert {b.split("_")[0] + "_" + b.split("_")[2] + "_" + b.split("_")[4] for b in blocks} <= {
             "ir_k3_e3",

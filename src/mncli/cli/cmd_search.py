@@ -118,6 +118,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         stem_channels: Annotated[int | None, typer.Option("--stem-channels", help="Stem width.")] = None,
+        stem_stride: Annotated[
+            int | None,
+            typer.Option(
+                "--stem-stride", help="1 keeps small images at full resolution (default there), 2 halves it."
+            ),
+        ] = None,
         head_channels: Annotated[
             int | None, typer.Option("--head-channels", help="1x1 head conv width (0: none).")
         ] = None,
@@ -129,6 +135,14 @@ def register(app: typer.Typer) -> None:
                 "(EfficientNet: 0.25; 0: none).",
             ),
         ] = 0.0,
+        act: Annotated[
+            str,
+            typer.Option(
+                "--act",
+                help="Activation of every candidate: relu6 (the paper's), relu, hswish (MobileNetV3) or "
+                "swish (EfficientNet); hswish and swish cost 4 ops per element against relu6's 1.",
+            ),
+        ] = "relu6",
         shared_weights: Annotated[
             bool,
             typer.Option(
@@ -177,7 +191,8 @@ def register(app: typer.Typer) -> None:
             out=out, dataset=dataset, widths=_ints(widths, "--widths"), repeats=_ints(repeats, "--repeats"),
             strides=_ints(strides, "--strides"), ops=[o for o in ops.split(",") if o.strip()] or None
             if ops else None,
-            stem_channels=stem_channels, head_channels=head_channels, se_ratio=se_ratio, cost=cost,
+            stem_channels=stem_channels, stem_stride=stem_stride, head_channels=head_channels,
+            se_ratio=se_ratio, act=act, cost=cost,
             target_ops=target_ops, target_params=target_params, target_score=target_score,
             cost_loss=cost_loss, fit_target=fit_target, shared_weights=shared_weights,
             binary_mode=binary_mode, arch_lr=arch_lr, arch_every=arch_every, arch_steps=arch_steps,

@@ -39,7 +39,7 @@ def count(module: torch.nn.Module, input_shape: tuple[int, int, int], metric: st
 def count_candidate(choice: str, op: MixedOp, shape: tuple[int, int, int], metric: str, task: str) -> float:
     """A candidate block counted alone at its input shape, as the zoo builds it (dense, on meta)."""
     with torch.device("meta"):
-        block = make_candidate(choice, op.c_in, op.c_out, op.stride, op.se_ratio)
+        block = make_candidate(choice, op.c_in, op.c_out, op.stride, op.se_ratio, op.act)
     return count(block, shape, metric, task)
 
 

@@ -68,6 +68,7 @@ class SearchSpace:
     head_channels: int = 0
     first_block: str | None = None  # a fixed, unsearched block after the stem (MobileNetV2's e1 block)
     se_ratio: float = 0.0  # squeeze-excite in every candidate, as a fraction of its input channels
+    act: str = "relu6"  # every candidate's activation (ProxylessNAS: ReLU6)
 
     def __post_init__(self) -> None:
         if not (len(self.widths) == len(self.repeats) == len(self.strides)) or not self.widths:
@@ -78,11 +79,18 @@ class SearchSpace:
         if any(w < 1 for w in self.widths) or any(r < 1 for r in self.repeats):
             raise BadInput("stage widths and repeats must be positive")
         if any(s not in (1, 2) for s in self.strides) or self.stem_stride not in (1, 2):
-            raise BadInput("strides must be 1 or 2")
+            raise BadInput(
+                "--strides and --stem-stride take 1 or 2", hint="e.g. --strides 2,2,2,1 --stem-stride 1"
+            )
         if not 0.0 <= self.se_ratio <= 1.0:
             raise BadInput(
                 f"--se-ratio must be in [0, 1], got {self.se_ratio:g}", hint="e.g. --se-ratio 0.25"
             )
+        from mncli.models.blocks import ACTIVATIONS
+
+        self.act = self.act.lower()
+        if self.act not in ACTIVATIONS:
+            raise BadInput(f"unknown activation {self.act!r}", hint=f"use one of {', '.join(ACTIVATIONS)}")
         parsed = [parse_op(o) for o in self.ops]
         if not any(isinstance(p, Candidate) for p in parsed):
             raise BadInput("the candidate ops need at least one block op (kK_eE, fu_kK_eE) besides zero")

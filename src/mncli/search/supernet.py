@@ -22,12 +22,13 @@ from torch import nn
 from mncli.models.mbconv import format_block
 from mncli.search.space import ZERO, SearchSpace, parse_op
 
-# The zoo's `mbconv` settings the candidates are built with, so the derived network is the same blocks.
-ACT = "relu6"
+# The zoo's `mbconv` batch-norm epsilon, so the candidates are the derived network's blocks.
 BN_EPS = 1e-3
 
 
-def make_candidate(choice: str, c_in: int, c_out: int, stride: int, se_ratio: float = 0.0) -> nn.Module:
+def make_candidate(
+    choice: str, c_in: int, c_out: int, stride: int, se_ratio: float = 0.0, act: str = "relu6"
+) -> nn.Module:
     """One candidate operation as the zoo builds the block (identity for `zero`)."""
     if choice == ZERO:
         return nn.Identity()
@@ -42,7 +43,7 @@ def make_candidate(choice: str, c_in: int, c_out: int, stride: int, se_ratio: fl
         stride=stride,
         expand=op.expansion,
         se_ratio=se_ratio,
-        act=ACT,
+        act=act,
         bn_eps=BN_EPS,
     )
 
@@ -70,10 +71,13 @@ class SharedCandidate(nn.Module):
     """One candidate (kernel, expansion) of a `SharedMBConv`, with batch norms of its own. The shared
     weights are held outside the module tree, so they are registered (and saved) once, by MixedOp."""
 
-    def __init__(self, shared: SharedMBConv, kernel: int, expansion: int, c_out: int):
+    def __init__(self, shared: SharedMBConv, kernel: int, expansion: int, c_out: int, act: str = "relu6"):
         super().__init__()
+        from mncli.models.blocks import make_act
+
         object.__setattr__(self, "shared", shared)
         self.kernel, self.hidden = kernel, shared.c_in * expansion
+        self.act = make_act(act)  # parameter-free, so one module serves every place the block applies it
         if expansion != 1:
             self.expand_bn = nn.BatchNorm2d(self.hidden, eps=BN_EPS)
         self.dw_bn = nn.BatchNorm2d(self.hidden, eps=BN_EPS)
@@ -83,21 +87,23 @@ class SharedCandidate(nn.Module):
         w, h, k = self.shared, self.hidden, self.kernel
         out = x
         if hasattr(self, "expand_bn"):
-            out = F.relu6(self.expand_bn(F.conv2d(out, w.expand.weight[:h])))
+            out = self.act(self.expand_bn(F.conv2d(out, w.expand.weight[:h])))
         else:  # expansion 1 skips the expand conv, as the zoo's block does
             h = w.c_in
         crop = (w.kernel - k) // 2
         dw = w.dw.weight[:h, :, crop : crop + k, crop : crop + k]
-        out = F.relu6(self.dw_bn(F.conv2d(out, dw, None, w.stride, k // 2, 1, h)))
+        out = self.act(self.dw_bn(F.conv2d(out, dw, None, w.stride, k // 2, 1, h)))
         if hasattr(w, "se_reduce"):
             pooled = out.mean((2, 3), keepdim=True)
-            squeezed = F.relu6(F.conv2d(pooled, w.se_reduce.weight[:, :h], w.se_reduce.bias))
+            squeezed = self.act(F.conv2d(pooled, w.se_reduce.weight[:, :h], w.se_reduce.bias))
             out = out * torch.sigmoid(F.conv2d(squeezed, w.se_expand.weight[:h], w.se_expand.bias[:h]))
         out = self.project_bn(F.conv2d(out, w.project.weight[:, :h]))
         return x + out if w.residual else out
 
 
-def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: int, se_ratio: float = 0.0):
+def make_shared_candidates(
+    choices: list[str], c_in: int, c_out: int, stride: int, se_ratio: float = 0.0, act: str = "relu6"
+):
     """(the shared weights, one module per choice) for a weight-sharing choice block. The MBConv
     candidates share; `zero` and Fused-MBConv candidates are built as without sharing, and a block
     with no MBConv candidate has no shared weights (None)."""
@@ -111,9 +117,9 @@ def make_shared_candidates(choices: list[str], c_in: int, c_out: int, stride: in
     for choice in choices:
         op = ops.get(choice)
         if op is None or op.fused:
-            candidates.append(make_candidate(choice, c_in, c_out, stride, se_ratio))
+            candidates.append(make_candidate(choice, c_in, c_out, stride, se_ratio, act))
         else:
-            candidates.append(SharedCandidate(shared, op.kernel, int(op.expansion), c_out))
+            candidates.append(SharedCandidate(shared, op.kernel, int(op.expansion), c_out, act))
     return shared, candidates
 
 
@@ -133,16 +139,18 @@ class MixedOp(nn.Module):
         alpha_std: float = 1e-3,
         shared: bool = False,
         se_ratio: float = 0.0,
+        act: str = "relu6",
     ):
         super().__init__()
         self.choices = list(choices)
-        self.c_in, self.c_out, self.stride, self.se_ratio = c_in, c_out, stride, se_ratio
+        self.c_in, self.c_out, self.stride = c_in, c_out, stride
+        self.se_ratio, self.act = se_ratio, act
         if shared:
-            weights, candidates = make_shared_candidates(self.choices, c_in, c_out, stride, se_ratio)
+            weights, candidates = make_shared_candidates(self.choices, c_in, c_out, stride, se_ratio, act)
             if weights is not None:
                 self.shared = weights
         else:
-            candidates = [make_candidate(c, c_in, c_out, stride, se_ratio) for c in self.choices]
+            candidates = [make_candidate(c, c_in, c_out, stride, se_ratio, act) for c in self.choices]
         self.candidates = nn.ModuleList(candidates)
         self.alpha = torch.empty(len(choices)).normal_(0.0, alpha_std).requires_grad_(True)
         self.gates = torch.zeros(len(choices), requires_grad=True)
@@ -225,6 +233,7 @@ class SuperNet(nn.Module):
                 block["stride"],
                 shared=shared,
                 se_ratio=space.se_ratio,
+                act=space.act,
             )
             op.alpha = (
                 torch.empty(len(op.choices)).normal_(0.0, 1e-3, generator=generator).requires_grad_(True)
@@ -265,7 +274,7 @@ def fixed_args(space: SearchSpace, blocks: list[str]) -> dict:
         "stem_channels": space.stem_channels,
         "stem_stride": space.stem_stride,
         "head_channels": space.head_channels,
-        "act": ACT,
+        "act": space.act,
         "num_classes": space.num_classes,
         "in_channels": space.in_channels,
         "input_size": space.input_size,

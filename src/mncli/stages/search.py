@@ -23,8 +23,10 @@ class SearchConfig:
     strides: list[int] | None = None
     ops: list[str] | None = None
     stem_channels: int | None = None
+    stem_stride: int | None = None
     head_channels: int | None = None
     se_ratio: float = 0.0
+    act: str = "relu6"
     # the cost
     cost: str | None = None  # ops | params | score (default: the metric of the target given, else ops)
     target_ops: float | None = None
@@ -86,7 +88,7 @@ def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classe
     from mncli.search.space import DEFAULT_OPS, SearchSpace, default_space
 
     base = default_space(in_channels, input_size, num_classes)
-    for key in ("widths", "repeats", "strides", "stem_channels", "head_channels"):
+    for key in ("widths", "repeats", "strides", "stem_channels", "stem_stride", "head_channels"):
         value = getattr(cfg, key)
         if value is not None:
             base[key] = list(value) if isinstance(value, list | tuple) else value
@@ -100,6 +102,7 @@ def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classe
         num_classes=num_classes,
         ops=list(cfg.ops) if cfg.ops else list(DEFAULT_OPS),
         se_ratio=cfg.se_ratio,
+        act=cfg.act,
         **base,
     )
 
