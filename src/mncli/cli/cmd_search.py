@@ -43,11 +43,12 @@ HELP = (
     "target (below the cheapest network of the space) is refused with that minimum.\n\n"
     "The defaults are the paper's, sized for a long ImageNet search. In a search of a few epochs they "
     "leave the super-network barely trained and the probabilities near uniform; the README's recipe "
-    "adds --shared-weights, --arch-lr 0.01 and --cost-loss add#linear (each measured there).\n\n"
+    "adds --shared-weights, --arch-lr 0.01, --cost-loss add#linear and --act hswish (each measured "
+    "there).\n\n"
     "Examples:\n\n"
     "  mncli search -d fashion-mnist --target-ops 5e6 -o arch.safetensors\n\n"
     "  mncli search -d fashion-mnist --target-ops 5e6 --shared-weights --warmup-epochs 1 --epochs 3 "
-    "--arch-lr 0.01 --cost-loss add#linear -o arch.safetensors\n\n"
+    "--arch-lr 0.01 --cost-loss add#linear --act hswish -o arch.safetensors\n\n"
     "  mncli train arch.safetensors -d fashion-mnist --epochs 20 -o fp.safetensors\n\n"
     "  mncli search -d cifar100 --target-params 1e6 --ops k3_e3,k5_e6,zero -o arch.safetensors\n\n"
     "  mncli search -d fashion-mnist --widths 16,32,64 --repeats 2,3,2 --strides 2,2,2 -o arch.safetensors"
@@ -139,8 +140,9 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--act",
-                help="Activation of every candidate: relu6 (the paper's), relu, hswish (MobileNetV3) or "
-                "swish (EfficientNet); hswish and swish cost 4 ops per element against relu6's 1.",
+                help="Activation of the whole network (stem, candidates, head): relu6 (the paper's), relu, "
+                "hswish (MobileNetV3) or swish (EfficientNet); hswish and swish cost 4 ops per element, "
+                "relu6 1.",
             ),
         ] = "relu6",
         shared_weights: Annotated[

@@ -68,7 +68,7 @@ class SearchSpace:
     head_channels: int = 0
     first_block: str | None = None  # a fixed, unsearched block after the stem (MobileNetV2's e1 block)
     se_ratio: float = 0.0  # squeeze-excite in every candidate, as a fraction of its input channels
-    act: str = "relu6"  # every candidate's activation (ProxylessNAS: ReLU6)
+    act: str = "relu6"  # the activation of stem, candidates and head (ProxylessNAS: ReLU6)
 
     def __post_init__(self) -> None:
         if not (len(self.widths) == len(self.repeats) == len(self.strides)) or not self.widths:
