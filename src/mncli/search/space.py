@@ -86,11 +86,12 @@ class SearchSpace:
             raise BadInput(
                 f"--se-ratio must be in [0, 1], got {self.se_ratio:g}", hint="e.g. --se-ratio 0.25"
             )
-        from mncli.models.blocks import ACTIVATIONS
+        from mncli.models.blocks import check_act
 
-        self.act = self.act.lower()
-        if self.act not in ACTIVATIONS:
-            raise BadInput(f"unknown activation {self.act!r}", hint=f"use one of {', '.join(ACTIVATIONS)}")
+        try:  # the zoo's own check, so the search accepts exactly what the derived network can build
+            self.act = check_act(self.act)
+        except ValueError as error:
+            raise BadInput(str(error)) from None
         parsed = [parse_op(o) for o in self.ops]
         if not any(isinstance(p, Candidate) for p in parsed):
             raise BadInput("the candidate ops need at least one block op (kK_eE, fu_kK_eE) besides zero")
