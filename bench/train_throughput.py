@@ -109,9 +109,9 @@ def measure_in_subprocess(name: str, steps: int, threads: int) -> tuple[float, d
 
 
 def measure_here(name: str, steps: int, threads: int) -> None:
-    from mncli.cli import output
+    from mncli.log import set_verbosity
 
-    output.set_verbosity(quiet=True)
+    set_verbosity(quiet=True)
     torch.set_num_threads(threads)
     data, source = get_data()
     rate, runtime = MEASURES[name](data, steps)

@@ -239,7 +239,7 @@ def test_models_command_lists_the_zoo(capsys):
 
 def test_export_keeps_activation_quantizers(tmp_path, capsys):
     from mncli.bundle import Bundle, save_bundle
-    from mncli.compress.actquant import install_act_quantizers
+    from mncli.models.quantized import install_act_quantizers
 
     model = create_model("test-cnn").eval()
     specs = {"conv2": {"act": {"bits": 4, "signed": False, "method": "lsq"}}}

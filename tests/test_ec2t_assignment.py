@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from mncli.compress.ec2t import (
+from mncli.compress.ternary.ec2t import (
     EC2TWeight,
     constraint_strength,
     entropy_constrained_codes,
@@ -65,7 +65,7 @@ def test_strength_matches_the_lambda_max_formula():
 
 
 def test_guard_when_a_side_has_the_information_of_zero(monkeypatch):
-    import mncli.compress.ec2t as ec2t
+    import mncli.compress.ternary.ec2t as ec2t
 
     w = _weights(seed=6)
     monkeypatch.setattr(ec2t, "nearest_probabilities", lambda *a: torch.full((3,), 1 / 3))

@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mncli.compress.agp import AGPSchedule
-from mncli.compress.masks import Masker, global_magnitude_masks, magnitude_mask, target_count
-from mncli.compress.prune_callbacks import MaskCallback, ReweightedL1Callback
-from mncli.compress.reweighted_l1 import ReweightedL1, default_milestones
+from mncli.compress.prune.agp import AGPSchedule
+from mncli.compress.prune.callbacks import MaskCallback, ReweightedL1Callback
+from mncli.compress.prune.masks import Masker, global_magnitude_masks, magnitude_mask, target_count
+from mncli.compress.prune.reweighted_l1 import ReweightedL1, default_milestones
 from mncli.errors import BadInput
 
 

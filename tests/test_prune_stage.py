@@ -29,7 +29,7 @@ def _prune(capsys, *args) -> tuple[int, dict | None]:
 
 def _zeros_match_targets(path):
     from mncli.bundle import load_bundle
-    from mncli.compress.masks import target_count
+    from mncli.compress.prune.masks import target_count
 
     bundle = load_bundle(path)
     modules = dict(bundle.model.named_modules())

@@ -5,10 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from mncli.compress.accumulator import bits_for_range, check_claim, simulate_accumulators
-from mncli.compress.actquant import ActQuantizer, attach
-from mncli.compress.intweights import set_int_weight
+from mncli.compress.quant.accumulator import bits_for_range, check_claim, simulate_accumulators
 from mncli.errors import BadInput
+from mncli.models.quantized import ActQuantizer, attach, set_int_weight
 
 
 class TwoLayer(nn.Module):

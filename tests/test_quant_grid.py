@@ -7,12 +7,17 @@ import pytest
 import torch
 
 from mncli.artifact import codec
-from mncli.compress import qat
-from mncli.compress.actquant import ActQuantizer, act_quantized_layers, install_act_quantizers
-from mncli.compress.intweights import WEIGHT_SCALE, check_int_weight
-from mncli.compress.ptq import observe_inputs
-from mncli.compress.qplan import plan_layers
+from mncli.compress.quant import qat
+from mncli.compress.quant.plan import plan_layers
+from mncli.compress.quant.ptq import observe_inputs
 from mncli.models import create_model
+from mncli.models.quantized import (
+    WEIGHT_SCALE,
+    ActQuantizer,
+    act_quantized_layers,
+    check_int_weight,
+    install_act_quantizers,
+)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

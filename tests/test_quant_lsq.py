@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from mncli.compress.dorefa import DorefaAct, DorefaWeight
-from mncli.compress.lsq import LsqAct, LsqWeight, lsq_grad_scale, lsq_init_scale, lsq_quantize, qrange
-from mncli.compress.pact import PactAct
+from mncli.compress.quant.dorefa import DorefaAct, DorefaWeight
+from mncli.compress.quant.lsq import LsqAct, LsqWeight, lsq_grad_scale, lsq_init_scale, lsq_quantize
+from mncli.compress.quant.pact import PactAct
+from mncli.models.quantized import qrange
 
 
 def test_qrange_signed_and_unsigned():

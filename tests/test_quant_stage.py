@@ -7,9 +7,9 @@ import torch
 
 from mncli.bundle import bundle_from_arch, load_bundle, save_bundle
 from mncli.cli.app import main
-from mncli.compress import qat
-from mncli.compress.ptq import observe_inputs
-from mncli.compress.qplan import plan_layers
+from mncli.compress.quant import qat
+from mncli.compress.quant.plan import plan_layers
+from mncli.compress.quant.ptq import observe_inputs
 
 DATA = "synthetic:classes=4,shape=1x12x12,train=192,test=64"
 ARCH = {"in_channels": 1, "input_size": 12, "num_classes": 4, "width": 4}

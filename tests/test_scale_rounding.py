@@ -7,7 +7,7 @@ import torch
 
 from mncli.errors import BadInput
 from mncli.models import build_model, create_model
-from mncli.search.scaling import (
+from mncli.scaling.compound import (
     DEFAULT_GRID,
     grid_points,
     parse_grid,

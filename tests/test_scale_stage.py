@@ -119,8 +119,8 @@ def test_grid_trains_every_point_and_records_the_choice(arch, tmp_path, capsys):
 
 def test_budget_drops_points_before_training(arch, tmp_path, capsys):
     from mncli.bundle import load_bundle
-    from mncli.search.grid import scaled_point
-    from mncli.search.scaling import grid_points, parse_grid
+    from mncli.scaling.compound import grid_points, parse_grid
+    from mncli.scaling.grid import scaled_point
 
     source = load_bundle(arch, require_weights=False)
     ops = [

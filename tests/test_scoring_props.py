@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mncli.compress.actquant import install_act_quantizers
+from mncli.models.quantized import install_act_quantizers
 from mncli.scoring import score_model
 
 SHAPE = (3, 6, 6)

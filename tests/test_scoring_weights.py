@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mncli.compress.actquant import install_act_quantizers
 from mncli.errors import BadInput
+from mncli.models.quantized import install_act_quantizers
 from mncli.scoring import score_model
 
 N = 8 * 4 * 9  # weight elements of the conv below

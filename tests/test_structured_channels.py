@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mncli.compress.prune_channels import prune_channels
+from mncli.compress.prune.channels import prune_channels
+from mncli.compress.prune.structured import channel_groups
 from mncli.compress.recipe import select_layers
-from mncli.compress.structured import channel_groups
 from mncli.errors import BadInput
 from mncli.models import build_model, create_model, input_shape
 from mncli.models.reshape import resize_to_shapes

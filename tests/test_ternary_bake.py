@@ -8,9 +8,9 @@ from torch import nn
 
 from mncli.artifact import codec
 from mncli.artifact.codec import ternary_scales
-from mncli.compress.ec2t import EC2TWeight
-from mncli.compress.ternary import attach, bake, pruning_masks, ternary_specs
-from mncli.compress.ttq import MITTernaryWeight, TTQWeight
+from mncli.compress.ternary.common import attach, bake, pruning_masks, ternary_specs
+from mncli.compress.ternary.ec2t import EC2TWeight
+from mncli.compress.ternary.ttq import MITTernaryWeight, TTQWeight
 from mncli.errors import BadInput
 
 

@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from mncli.compress.ec2t import EC2TCallback, EC2TWeight, make_layers_decay
-from mncli.compress.ternary import attach, latent_weight
-from mncli.compress.ttq import TTQCallback, TTQWeight
+from mncli.compress.ternary.common import attach, latent_weight
+from mncli.compress.ternary.ec2t import EC2TCallback, EC2TWeight, make_layers_decay
+from mncli.compress.ternary.ttq import TTQCallback, TTQWeight
 from mncli.engine import TrainConfig
 from mncli.engine.optim import param_groups
 

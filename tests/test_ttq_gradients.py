@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from mncli.compress.ec2t import EC2TWeight
-from mncli.compress.ttq import MITTernaryWeight, TTQWeight
+from mncli.compress.ternary.ec2t import EC2TWeight
+from mncli.compress.ternary.ttq import MITTernaryWeight, TTQWeight
 
 
 def _loss(q: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from mncli.cli.output import log
 from mncli.errors import BadInput, MncliError
+from mncli.log import log
 
 
 @dataclass
@@ -45,7 +45,7 @@ def attach_specs(model: nn.Module, specs: dict[str, dict]) -> None:
     """Install what the specs say lives beside the weights: activation quantizers and the
     `weight_scale` buffers of int layers, as placeholders that load_state_dict fills."""
     if specs:
-        from mncli.compress.actquant import install_act_quantizers
+        from mncli.models.quantized import install_act_quantizers
 
         install_act_quantizers(model, specs)
 

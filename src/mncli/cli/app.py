@@ -10,8 +10,9 @@ import traceback
 import typer
 
 from mncli import __version__
-from mncli.cli import output
 from mncli.errors import MncliError
+from mncli.log import is_verbose, set_verbosity
+from mncli.log import stderr as log_stderr
 
 app = typer.Typer(
     name="mncli",
@@ -59,17 +60,11 @@ def root(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the output path; no logs."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
 ) -> None:
-    output.set_verbosity(verbose=verbose, quiet=quiet)
+    set_verbosity(verbose=verbose, quiet=quiet)
 
 
 for _name in COMMANDS:
-    try:
-        _module = importlib.import_module(f"mncli.cli.cmd_{_name}")
-    except ModuleNotFoundError as exc:  # a command still being written must not break the others
-        if exc.name != f"mncli.cli.cmd_{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"mncli.cli.cmd_{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,22 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except MncliError as exc:
-        if output.is_verbose():
+        if is_verbose():
             traceback.print_exc()
         interrupted = exc.exit_code in (130, 143)  # a clean stop on a signal is not an error
         prefix = "" if interrupted else "[red]error:[/red] "
-        output.stderr.print(f"{prefix}{exc.message}", highlight=False)
+        log_stderr.print(f"{prefix}{exc.message}", highlight=False)
         if exc.hint:
-            output.stderr.print(f"hint: {exc.hint}", highlight=False)
+            log_stderr.print(f"hint: {exc.hint}", highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
-        output.stderr.print("interrupted")
+        log_stderr.print("interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        if output.is_verbose():
+        if is_verbose():
             traceback.print_exc()
         else:
-            output.stderr.print(
+            log_stderr.print(
                 f"[red]error:[/red] unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)",
                 highlight=False,
             )

@@ -9,6 +9,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import ArchOpt, Json, OutputArtifact
+from mncli.log import log
 
 HELP = """Import a PyTorch checkpoint (a state dict) into an mncli artifact.
 
@@ -50,18 +51,18 @@ def register(app: typer.Typer) -> None:
             raise BadInput(f"output {out} is the input checkpoint", hint="write to a new .safetensors path")
         state, notes = read_state_dict(checkpoint)
         if notes["stripped_prefixes"]:
-            output.log(f"stripped key prefixes: {', '.join(notes['stripped_prefixes'])}")
+            log(f"stripped key prefixes: {', '.join(notes['stripped_prefixes'])}")
         if notes["dropped_non_tensors"]:
-            output.log(f"ignored non-tensor entries: {', '.join(notes['dropped_non_tensors'][:10])}")
+            log(f"ignored non-tensor entries: {', '.join(notes['dropped_non_tensors'][:10])}")
         model = create_model(arch, **parse_arch_opts(arch_opt))
         problems = compare_state_dict(model, state)
         for kind in ("missing", "unexpected"):
             for key in problems[kind][:20]:
-                output.log(f"{kind}: {key} {list(state[key].shape) if key in state else ''}".rstrip())
+                log(f"{kind}: {key} {list(state[key].shape) if key in state else ''}".rstrip())
             if len(problems[kind]) > 20:
-                output.log(f"... and {len(problems[kind]) - 20} more {kind} keys")
+                log(f"... and {len(problems[kind]) - 20} more {kind} keys")
         for item in problems["mismatched"][:20]:
-            output.log(f"shape mismatch: {item['key']} checkpoint {item['checkpoint']} model {item['model']}")
+            log(f"shape mismatch: {item['key']} checkpoint {item['checkpoint']} model {item['model']}")
         fit_state_dict(model, state, arch)
         model.eval()
         digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()

@@ -11,6 +11,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import InputArtifact, Json
+from mncli.log import log
 
 HELP = (
     "Show what an artifact holds: architecture, lineage, metrics and a per-layer table.\n\n"
@@ -81,7 +82,7 @@ def _arch_only_layers(arch: dict) -> list[dict]:
     try:
         model = build_model(arch)
     except MncliError as exc:
-        output.log(f"cannot build {arch.get('name')}: {exc.message}")
+        log(f"cannot build {arch.get('name')}: {exc.message}")
         return []
     return [
         {"name": k.removesuffix(".weight"), "shape": list(v.shape), "format": "not stored", "stored_bytes": 0}

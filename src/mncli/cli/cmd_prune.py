@@ -34,8 +34,8 @@ from mncli.cli.options import (
     WarmupEpochs,
     WeightDecay,
 )
-from mncli.cli.output import fmt_num, fmt_pct
 from mncli.errors import BadInput
+from mncli.text import fmt_num, fmt_pct
 
 HELP = """Prune weights to a target sparsity (the fraction of weights that are zero) and fine-tune.
 

@@ -35,7 +35,7 @@ from mncli.cli.options import (
     WarmupEpochs,
     WeightDecay,
 )
-from mncli.cli.output import fmt_pct
+from mncli.text import fmt_pct
 
 HELP = """Quantize weights and input activations to n bits, layer by layer, and fine-tune (LSQ by default).
 

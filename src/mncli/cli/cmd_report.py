@@ -9,6 +9,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import Json
+from mncli.log import log
 
 HELP = """Summarise a compression chain: accuracy, MicroNet score and file size of every stage.
 
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
         rows = build_rows(paths)
         if markdown_out is not None:
             markdown_out.write_text(markdown(rows))
-            output.log(f"wrote {markdown_out}")
+            log(f"wrote {markdown_out}")
         table = Table(title="mncli report")
         table.add_column("artifact", overflow="ellipsis", max_width=28)
         for title, _, kind in COLUMNS:

@@ -9,6 +9,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import ArchOpt, Json
+from mncli.log import log
 
 HELP = """Score a model by the MicroNet Challenge rules: params/params_baseline + ops/ops_baseline.
 
@@ -178,5 +179,5 @@ def register(app: typer.Typer) -> None:
         result = run(cfg)
         from mncli.scoring import summary
 
-        output.log(summary(result))
+        log(summary(result))
         output.emit(result, as_json=as_json, table=None if as_json else build_table(result))

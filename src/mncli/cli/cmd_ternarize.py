@@ -21,8 +21,8 @@ from mncli.cli.options import (
     Teacher,
     ValSize,
 )
-from mncli.cli.output import fmt_num, fmt_pct
 from mncli.errors import BadInput
+from mncli.text import fmt_num, fmt_pct
 
 HELP_TEXT = """Ternarize weights to {-Wn, 0, +Wp} per layer by fine-tuning, and store them as 2-bit codes.
 

@@ -36,8 +36,8 @@ from mncli.cli.options import (
     WarmupEpochs,
     WeightDecay,
 )
-from mncli.cli.output import fmt_pct
 from mncli.errors import BadInput
+from mncli.text import fmt_pct
 
 HELP = "\n\n".join(
     [

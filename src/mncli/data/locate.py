@@ -111,11 +111,11 @@ def locate(name: str, data_dir: Path | str | None = None, download: bool = False
 def _download(name: str, layout: Layout, root: Path) -> None:
     import torchvision
 
-    from mncli.cli import output
     from mncli.errors import RuntimeFailure
+    from mncli.log import log
 
     root.mkdir(parents=True, exist_ok=True)
-    output.log(f"downloading {name} into {root} with torchvision")
+    log(f"downloading {name} into {root} with torchvision")
     cls = getattr(torchvision.datasets, layout.torchvision)
     try:
         for train in (True, False):

@@ -4,9 +4,7 @@
     result = fit(model, data, cfg, callbacks=[MyMasks()], teacher=None, ckpt_dir=Path("out.ckpt"))
     metrics = evaluate(model, data.test, device)
 
-Stages plug in through `Callback` (see callbacks.py). Stages that take the common training options
-from the command line should use `mncli.stages.train.prepare_training` rather than building these
-by hand.
+Compression methods plug in through `Callback` (see callbacks.py); the loop knows nothing of them.
 """
 
 from mncli.engine.callbacks import Callback, Context

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mncli.cli import output
 from mncli.engine import checkpoint as ckpt
 from mncli.engine import depthwise, runtime
 from mncli.engine.callbacks import Callback, Context
@@ -18,6 +17,7 @@ from mncli.engine.losses import classification_loss, distillation_loss
 from mncli.engine.optim import build_optimizer, lr_factor, param_groups, set_lr
 from mncli.engine.stopping import StopSignal, agree_to_stop, check_resumable, interrupted
 from mncli.errors import BadInput, RuntimeFailure
+from mncli.log import log, progress
 
 
 @dataclass
@@ -123,7 +123,7 @@ def fit(
             "state": state.get("best_state"),
         }
         if rt.is_main:
-            output.log(f"resuming from {ckpt_dir} at epoch {start_epoch + 1}, batch {start_batch}")
+            log(f"resuming from {ckpt_dir} at epoch {start_epoch + 1}, batch {start_batch}")
 
     def save(epoch: int, batch: int, sums: list[float]) -> None:
         if ckpt_dir is None or not rt.is_main:
@@ -151,7 +151,7 @@ def fit(
     try:
         for callback in callbacks:
             callback.on_train_start(ctx)
-        with StopSignal() as stop, output.progress() as bar:
+        with StopSignal() as stop, progress() as bar:
             show = show_progress and rt.is_main
             for epoch in range(start_epoch, cfg.epochs):
                 ctx.epoch = epoch
@@ -210,7 +210,7 @@ def fit(
                 if cfg.keep_best and ctx.best_eligible and score > best["acc"]:
                     best = {"acc": score, "epoch": epoch + 1, "state": ckpt.clone_state(model)}
                 if rt.is_main:
-                    output.log(_epoch_line(metrics, cfg.epochs))
+                    log(_epoch_line(metrics, cfg.epochs))
                 start_batch = 0
                 save(epoch + 1, 0, [0.0, 0.0, 0.0])
                 if ctx.stop_training:

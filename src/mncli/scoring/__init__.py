@@ -46,7 +46,7 @@ def trace_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[Trac
         first = next(iter(model.parameters()), None)
         if first is not None and first.is_meta:
             raise RuntimeFailure(f"cannot trace the model on the meta device: {exc}") from exc
-        from mncli.cli.output import log
+        from mncli.log import log
 
         log(f"tracing with real tensors (meta tracing failed: {str(exc).splitlines()[0][:120]})")
         try:

@@ -1,4 +1,4 @@
-"""Architecture search (ProxylessNAS under a MicroNet cost target) and compound scaling (EfficientNet).
+"""Architecture search: ProxylessNAS under a MicroNet cost target (compound scaling is mncli.scaling).
 
 space = SearchSpace(in_channels=1, input_size=28, num_classes=10, **default_space(1, 28, 10))
 supernet = SuperNet(space)                      # choice blocks of zoo MBConv candidates
@@ -6,19 +6,15 @@ costs = CostModel(supernet, "ops")              # every candidate counted once b
 search = ArchitectureSearch(supernet, costs, ArchConfig(target=5e6))
 search.sample_weight_paths(warmup=False); ...; search.arch_step(x_val, y_val)
 derived = derive(supernet, costs, target=5e6, fit=True)["arch"]   # an `mbconv` arch
-
-scale_arch(arch, depth=1.4 ** 3.5, width=1.2 ** 3.5)              # EfficientNet rounding
 """
 
 from mncli.search.cost import CostModel, check_target, cost_loss, fit_to_target
 from mncli.search.derive import derive
 from mncli.search.proxyless import ArchConfig, ArchitectureSearch, estimator_gradient
-from mncli.search.scaling import DEFAULT_GRID, round_filters, round_repeats, scale_arch
 from mncli.search.space import DEFAULT_OPS, SearchSpace, default_space, parse_op
 from mncli.search.supernet import MixedOp, SuperNet, derived_arch
 
 __all__ = [
-    "DEFAULT_GRID",
     "DEFAULT_OPS",
     "ArchConfig",
     "ArchitectureSearch",
@@ -34,7 +30,4 @@ __all__ = [
     "estimator_gradient",
     "fit_to_target",
     "parse_op",
-    "round_filters",
-    "round_repeats",
-    "scale_arch",
 ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from mncli.cli.output import log
 from mncli.errors import BadInput
+from mncli.log import log
 
 
 def _cycle(split):

@@ -107,7 +107,7 @@ def validate(cfg: PruneConfig) -> None:
 
 def agp_schedule(cfg: PruneConfig, final: float, steps_per_epoch: int | None):
     """The AGP schedule of a config, with the defaults filled in and checked against the run length."""
-    from mncli.compress.agp import AGPSchedule
+    from mncli.compress.prune.agp import AGPSchedule
 
     epochs = cfg.total_epochs
     if cfg.unit == "epochs":

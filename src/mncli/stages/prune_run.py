@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from mncli.cli import output
 from mncli.errors import BadInput
+from mncli.log import log
 from mncli.stages.prune import PruneConfig, agp_schedule, config_params, training_options
 
 
@@ -18,7 +18,7 @@ def _score(model, specs: dict, arch: dict, dataset: str) -> dict | None:
     try:
         return score_summary(model, specs, arch, dataset)
     except MncliError as exc:  # an untraceable model still gets pruned
-        output.log(f"warning: not scored: {exc.message}")
+        log(f"warning: not scored: {exc.message}")
         return None
 
 
@@ -68,7 +68,7 @@ def _trainer(opts, model, data):
     from mncli.stages.train import run_training
 
     def train(callbacks: list, epochs: int, phase: str, keep_best: bool = True) -> None:
-        output.log(f"{phase}: {epochs} epochs, {opts.optimizer} lr {opts.lr}")
+        log(f"{phase}: {epochs} epochs, {opts.optimizer} lr {opts.lr}")
         run_training(model, opts, data, callbacks=callbacks, phase=phase, keep_best=keep_best, epochs=epochs)
         for callback in callbacks:  # the kept state went through the masks; re-apply anyway
             if hasattr(callback, "masker"):
@@ -78,9 +78,9 @@ def _trainer(opts, model, data):
 
 
 def _unstructured(cfg: PruneConfig, model, specs: dict, targets: dict[str, float], data, train) -> dict:
-    from mncli.compress.masks import Masker, sparsity_of
-    from mncli.compress.prune_methods import run_agp, run_magnitude, run_reweighted_l1
-    from mncli.compress.reweighted_l1 import default_milestones
+    from mncli.compress.prune.masks import Masker, sparsity_of
+    from mncli.compress.prune.methods import run_agp, run_magnitude, run_reweighted_l1
+    from mncli.compress.prune.reweighted_l1 import default_milestones
 
     modules = dict(model.named_modules())
     sparsity_before = {n: sparsity_of(modules[n].weight.detach()) for n in targets}
@@ -88,7 +88,7 @@ def _unstructured(cfg: PruneConfig, model, specs: dict, targets: dict[str, float
     masker.apply()
     epochs = cfg.total_epochs
     global_sparsity = cfg.sparsity if cfg.global_threshold else None
-    output.log(f"pruning {len(targets)} layers with {cfg.method}" + (" (global)" if global_sparsity else ""))
+    log(f"pruning {len(targets)} layers with {cfg.method}" + (" (global)" if global_sparsity else ""))
     info: dict = {"method": cfg.method, "global": cfg.global_threshold}
     if cfg.method == "agp":
         steps_per_epoch = (
@@ -96,14 +96,10 @@ def _unstructured(cfg: PruneConfig, model, specs: dict, targets: dict[str, float
         )
         schedule = agp_schedule(cfg, cfg.sparsity if cfg.sparsity is not None else max(targets.values()),
                                 steps_per_epoch)  # fmt: skip
-        info.update(
-            run_agp(masker, targets, schedule, train, epochs, output.log, global_sparsity=global_sparsity)
-        )
+        info.update(run_agp(masker, targets, schedule, train, epochs, log, global_sparsity=global_sparsity))
         info["schedule"]["per_layer_final"] = targets
     elif cfg.method == "magnitude":
-        info.update(
-            run_magnitude(masker, targets, train, epochs, output.log, global_sparsity=global_sparsity)
-        )
+        info.update(run_magnitude(masker, targets, train, epochs, log, global_sparsity=global_sparsity))
     else:
         retrain = cfg.retrain_epochs if cfg.retrain_epochs is not None else epochs
         milestones = cfg.reweight_at if cfg.reweight_at is not None else default_milestones(epochs)
@@ -115,7 +111,7 @@ def _unstructured(cfg: PruneConfig, model, specs: dict, targets: dict[str, float
                 train,
                 epochs,
                 retrain,
-                output.log,
+                log,
                 lam=cfg.rl1_lambda,
                 eps=cfg.rl1_eps,
                 milestones=milestones,
@@ -142,9 +138,9 @@ def _unstructured(cfg: PruneConfig, model, specs: dict, targets: dict[str, float
 
 
 def _structured(cfg: PruneConfig, model, specs: dict, ratios: dict[str, float], arch: dict, train) -> dict:
-    from mncli.compress.masks import Masker
-    from mncli.compress.prune_callbacks import MaskCallback
-    from mncli.compress.prune_channels import prune_channels
+    from mncli.compress.prune.callbacks import MaskCallback
+    from mncli.compress.prune.channels import prune_channels
+    from mncli.compress.prune.masks import Masker
     from mncli.models import input_shape
 
     params_before = sum(p.numel() for p in model.parameters())
@@ -156,9 +152,9 @@ def _structured(cfg: PruneConfig, model, specs: dict, ratios: dict[str, float], 
     model.arch = copy.deepcopy(arch)
     params_after = sum(p.numel() for p in model.parameters())
     removed = sum(g["channels"] - g["kept"] for g in report["groups"])
-    output.log(f"removed {removed} channels: {params_before:,} -> {params_after:,} parameters")
+    log(f"removed {removed} channels: {params_before:,} -> {params_after:,} parameters")
     masker = Masker(model, [], fixed=_fixed_masks(model, specs))  # earlier masks survive the fine-tuning
-    callback = MaskCallback(masker, log=output.log)
+    callback = MaskCallback(masker, log=log)
     epochs = cfg.total_epochs
     if epochs > 0:
         train([callback], epochs, "finetune")
@@ -200,7 +196,7 @@ def prune(cfg: PruneConfig) -> dict:
     score_before = _score(model, specs, arch, data.name)
     model.to(resolve_device(opts.device))
     before = final_metrics(model, data)
-    output.log(f"before: val acc {before.get('val_acc', 0):.4f}, test acc {before.get('test_acc', 0):.4f}")
+    log(f"before: val acc {before.get('val_acc', 0):.4f}, test acc {before.get('test_acc', 0):.4f}")
     train = _trainer(opts, model, data)
     if cfg.structured:
         info = _structured(cfg, model, specs, targets, arch, train)

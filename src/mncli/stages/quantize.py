@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mncli.cli import output
 from mncli.errors import BadInput
+from mncli.log import log
 from mncli.stages.train import TrainOptions
 
 METHODS = ("lsq", "pact", "dorefa")
@@ -53,7 +53,7 @@ class QuantizeConfig:
 
 
 def validate(cfg: QuantizeConfig) -> None:
-    from mncli.compress.qplan import check_bits
+    from mncli.compress.quant.plan import check_bits
 
     check_bits(cfg.weight_bits, "--weight-bits")
     check_bits(cfg.act_bits, "--act-bits")
@@ -91,7 +91,7 @@ def run(cfg: QuantizeConfig) -> dict:
     started = time.time()
     result = quantize_run.quantize(cfg)
     result["wall_time_s"] = round(time.time() - started, 1)
-    output.log(
+    log(
         f"quantized {result['int_weight_layers']} weight / {result['int_act_layers']} activation layers "
         f"({result['method']}): test top-1 {100 * result['test_acc_before']:.2f} % -> "
         f"{100 * result['test_acc']:.2f} %"

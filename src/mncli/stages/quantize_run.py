@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import copy
 
-from mncli.cli import output
 from mncli.errors import BadInput
+from mncli.log import log
 from mncli.stages.quantize import QuantizeConfig, config_params
+from mncli.text import fmt_pct
 
 
 def _callback(qparams, pact_decay: float):
@@ -31,8 +32,7 @@ def _callback(qparams, pact_decay: float):
 
 
 def _drop_old_quantizers(model, plans) -> int:
-    from mncli.compress.actquant import remove_act_quantizers
-    from mncli.compress.intweights import WEIGHT_SCALE
+    from mncli.models.quantized import WEIGHT_SCALE, remove_act_quantizers
 
     modules = dict(model.named_modules())
     for name in plans:
@@ -42,7 +42,7 @@ def _drop_old_quantizers(model, plans) -> int:
 
 def _check_accumulators(cfg: QuantizeConfig, model, specs: dict, data, device) -> dict[str, int]:
     """Integer simulation on the validation split; refuses a claim that any layer overflows."""
-    from mncli.compress.accumulator import check_claim, simulate_accumulators
+    from mncli.compress.quant.accumulator import check_claim, simulate_accumulators
 
     ranges = simulate_accumulators(model, specs, data.val, device, cfg.accumulator_batches)
     return check_claim(ranges, cfg.accumulator_bits)
@@ -78,7 +78,7 @@ def _device(name: str):
 
 
 def _plans(cfg: QuantizeConfig, model, specs: dict) -> dict:
-    from mncli.compress.qplan import RECIPE_KEYS, plan_layers
+    from mncli.compress.quant.plan import RECIPE_KEYS, plan_layers
     from mncli.compress.recipe import load_recipe
 
     recipe = load_recipe(cfg.recipe, RECIPE_KEYS) if cfg.recipe else None
@@ -90,8 +90,8 @@ def _plans(cfg: QuantizeConfig, model, specs: dict) -> dict:
 
 def _quantize_model(cfg: QuantizeConfig, model, plans: dict, data, device) -> None:
     """Calibrate, then PTQ or QAT (through the common training options); leaves fake-quant wrappers."""
-    from mncli.compress import qat
-    from mncli.compress.ptq import observe_inputs
+    from mncli.compress.quant import qat
+    from mncli.compress.quant.ptq import observe_inputs
     from mncli.stages.train import run_training
 
     modules = dict(model.named_modules())
@@ -125,7 +125,7 @@ def quantize(cfg: QuantizeConfig) -> dict:
     import torch
 
     from mncli.bundle import Bundle, load_bundle, save_bundle
-    from mncli.compress import qat
+    from mncli.compress.quant import qat
     from mncli.stages.train import check_model_fits_data, final_metrics, remove_checkpoints
 
     opts = cfg.train
@@ -138,7 +138,7 @@ def quantize(cfg: QuantizeConfig) -> dict:
     model, specs = bundle.model, copy.deepcopy(bundle.specs)
     plans = _plans(cfg, model, specs)
     if _drop_old_quantizers(model, plans):
-        output.log("the input was already quantized: its activation quantizers are replaced")
+        log("the input was already quantized: its activation quantizers are replaced")
     data = opts.load_data()
     check_model_fits_data(bundle.arch, data, what=str(cfg.input))
     device = _device(opts.device)
@@ -146,8 +146,8 @@ def quantize(cfg: QuantizeConfig) -> dict:
     before = final_metrics(model, data, device=device)
     score_before = (bundle.manifest.get("metrics") or {}).get("score")
     n_int = sum(p.int_weight or p.int_act for p in plans.values())
-    val, test = output.fmt_pct(before.get("val_acc")), output.fmt_pct(before.get("test_acc"))
-    output.log(
+    val, test = fmt_pct(before.get("val_acc")), fmt_pct(before.get("test_acc"))
+    log(
         f"before: val acc {val}, test acc {test}; "
         f"quantizing {n_int} of {len(plans)} layers with {'ptq' if cfg.ptq else cfg.method}"
     )
@@ -160,9 +160,7 @@ def quantize(cfg: QuantizeConfig) -> dict:
     if cfg.accumulator_bits < 32:
         needed = _check_accumulators(cfg, model, new_specs, data, device)
         if len(needed) < len(plans):
-            output.log(
-                f"{len(plans) - len(needed)} layers are not integer x integer: accumulators stay 32 bits"
-            )
+            log(f"{len(plans) - len(needed)} layers are not integer x integer: accumulators stay 32 bits")
     _record_specs(cfg, new_specs, plans, needed, fp16_layers)
 
     model.eval()

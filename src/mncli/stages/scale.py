@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mncli.cli.output import log
 from mncli.errors import BadInput
+from mncli.log import log
 
 
 @dataclass
@@ -92,8 +92,8 @@ def run(cfg: ScaleConfig) -> dict:
 
 def _single(cfg: ScaleConfig, source) -> dict:
     from mncli.bundle import Bundle, save_bundle
-    from mncli.search.grid import over_budget, resolution_fixed, scaled_point, task_for
-    from mncli.search.scaling import EFFICIENTNET_ALPHA, EFFICIENTNET_BETA, EFFICIENTNET_GAMMA, GridPoint
+    from mncli.scaling.compound import EFFICIENTNET_ALPHA, EFFICIENTNET_BETA, EFFICIENTNET_GAMMA, GridPoint
+    from mncli.scaling.grid import over_budget, resolution_fixed, scaled_point, task_for
 
     point = GridPoint(
         0,
@@ -154,8 +154,8 @@ def _grid_settings(cfg: ScaleConfig) -> dict:
 
 def _plan(cfg: ScaleConfig, source) -> tuple[list[dict], str]:
     """Every point's scaled arch, cost and budget verdict; BadInput when no point fits the budget."""
-    from mncli.search.grid import grid_id, over_budget, resolution_fixed, scaled_point, task_for
-    from mncli.search.scaling import grid_points, parse_grid
+    from mncli.scaling.compound import grid_points, parse_grid
+    from mncli.scaling.grid import grid_id, over_budget, resolution_fixed, scaled_point, task_for
 
     raw = parse_grid(cfg.grid_points)
     fixed = resolution_fixed(source.arch, cfg.dataset)
@@ -220,7 +220,7 @@ def _run_point(
 ) -> tuple[dict, object]:
     """Train one point (unless over budget) and write its point file; returns (result, data)."""
     from mncli.bundle import Bundle, save_bundle
-    from mncli.search.grid import point_path
+    from mncli.scaling.grid import point_path
 
     index = record["point"]
     path = point_path(cfg.out, index)
@@ -270,9 +270,9 @@ def _run_point(
 
 def collect(cfg: ScaleConfig, source) -> dict:
     from mncli.bundle import Bundle, save_bundle
-    from mncli.search.grid import choose, grid_id, present_points
-    from mncli.search.gridplot import plot_grid
-    from mncli.search.scaling import parse_grid
+    from mncli.scaling.compound import parse_grid
+    from mncli.scaling.grid import choose, grid_id, present_points
+    from mncli.scaling.plot import plot_grid
 
     def wanted() -> str | None:
         if cfg.phi is None or cfg.dataset is None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mncli.cli.output import log
 from mncli.errors import BadInput
+from mncli.log import log
 from mncli.scoring.metashapes import meta_device
 
 # Dataset -> (num_classes, in_channels, input_size); imagenet's size is the family's native resolution.

@@ -9,8 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mncli.cli.output import log
 from mncli.errors import BadInput
+from mncli.log import log
 
 
 @dataclass

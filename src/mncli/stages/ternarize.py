@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mncli.cli import output
 from mncli.errors import BadInput
+from mncli.log import log
 
 METHODS = ("ttq", "ec2t")
 VARIANTS = ("paper", "mit")
@@ -63,7 +63,7 @@ class TernarizeConfig:
 
 def grid_points(cfg: TernarizeConfig) -> list[dict]:
     """Grid points in a fixed order: ini_c outer, lambda_div inner (point K = index)."""
-    from mncli.compress.ec2t import GRID_INI_C, GRID_LAMBDA_DIV
+    from mncli.compress.ternary.ec2t import GRID_INI_C, GRID_LAMBDA_DIV
 
     ini = cfg.ini_c or list(GRID_INI_C)
     lam = cfg.lambda_div or list(GRID_LAMBDA_DIV)
@@ -144,7 +144,7 @@ def run_once(
     extra: dict | None = None,
 ) -> dict:
     """One ternarization: load, fine-tune with ternary layers, bake, evaluate, score, save."""
-    from mncli.compress.ec2t import EC2T_DEFAULTS
+    from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
     from mncli.stages.ternarize_run import ternarize
 
     started = time.time()
@@ -152,7 +152,7 @@ def run_once(
     lambda_div = _single(cfg.lambda_div, EC2T_DEFAULTS["lambda_div"]) if lambda_div is None else lambda_div
     result = ternarize(cfg, ini_c=ini_c, lambda_div=lambda_div, out=out, extra=extra)
     result["wall_time_s"] = round(time.time() - started, 1)
-    output.log(
+    log(
         f"{out}: {result['ternary_layers']} ternary layers ({result['method']}), "
         f"test acc {_pct(result['test_acc_before'])} -> {_pct(result['test_acc'])}, "
         f"sparsity {result['ternary_sparsity']:.3f}, score {result['score']}"
@@ -166,7 +166,7 @@ def _pct(value: float | None) -> str:
 
 def run_point(cfg: TernarizeConfig, k: int) -> dict:
     point = grid_points(cfg)[k]
-    output.log(f"grid point {k}: ini_c {point['ini_c']}, lambda_div {point['lambda_div']}")
+    log(f"grid point {k}: ini_c {point['ini_c']}, lambda_div {point['lambda_div']}")
     return run_once(
         cfg, out=point_path(cfg.out, k), extra={"grid_point": k, "grid": grid_points(cfg)}, **point
     )
@@ -188,7 +188,7 @@ def collect(cfg: TernarizeConfig) -> dict:
         params, metrics = manifest.get("params", {}), manifest.get("metrics", {})
         parents = [p.get("content_sha256") for p in manifest.get("parents", [])]
         if source not in parents or params.get("grid_point") != k:
-            output.log(f"skipping {path}: made from another input or grid")
+            log(f"skipping {path}: made from another input or grid")
             continue
         score = (metrics.get("score") or {}).get("score")
         rows.append({"point": k, **point, "path": str(path), "val_acc": metrics.get("val_acc"),
@@ -219,7 +219,7 @@ def collect(cfg: TernarizeConfig) -> dict:
         compression={k: v for k, v in m.get("compression", {}).items() if k != "layers"},
         extra={"grid": {"points": rows, "chosen": best["point"], "select_by": cfg.select_by}},
     )  # fmt: skip
-    output.log(f"grid: {len(rows)} points, kept point {best['point']} (ini_c {best['ini_c']}, "
+    log(f"grid: {len(rows)} points, kept point {best['point']} (ini_c {best['ini_c']}, "
                f"lambda_div {best['lambda_div']}, val acc {_pct(best['val_acc'])})")  # fmt: skip
     return {
         "output": str(cfg.out),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from mncli.cli import output
 from mncli.errors import BadInput, MncliError
+from mncli.log import log
 from mncli.stages.ternarize import TernarizeConfig, _pct, config_params
 
 
@@ -30,13 +30,13 @@ def _score(model, specs: dict, arch: dict, dataset: str) -> dict | None:
     try:
         return score_summary(model, specs, arch, dataset)
     except MncliError as exc:  # an untraceable model still gets ternarized
-        output.log(f"warning: not scored: {exc.message}")
+        log(f"warning: not scored: {exc.message}")
         return None
 
 
 def method_defaults(cfg: TernarizeConfig) -> dict:
-    from mncli.compress.ec2t import EC2T_DEFAULTS
-    from mncli.compress.ttq import MIT_DEFAULTS, TTQ_DEFAULTS
+    from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
+    from mncli.compress.ternary.ttq import MIT_DEFAULTS, TTQ_DEFAULTS
 
     if cfg.method == "ec2t":
         return EC2T_DEFAULTS
@@ -85,9 +85,9 @@ def _check_input(bundle, names: list[str], path: Path) -> None:
 
 
 def _attach(cfg: TernarizeConfig, model, names, masks, ini_c: float, lambda_div: float) -> dict:
-    from mncli.compress.ec2t import EC2TWeight, make_layers_decay
-    from mncli.compress.ternary import attach
-    from mncli.compress.ttq import MITTernaryWeight, TTQWeight
+    from mncli.compress.ternary.common import attach
+    from mncli.compress.ternary.ec2t import EC2TWeight, make_layers_decay
+    from mncli.compress.ternary.ttq import MITTernaryWeight, TTQWeight
 
     d = method_defaults(cfg)
     threshold = cfg.threshold if cfg.threshold is not None else d.get("threshold")
@@ -114,8 +114,8 @@ def _fit(model, opts, data, callbacks: list, phase: str, epochs: int, overrides:
 
 
 def _train(cfg: TernarizeConfig, model, layers: dict, opts, data, pruned_others: list[str]) -> dict:
-    from mncli.compress.ec2t import EC2TCallback
-    from mncli.compress.ttq import TTQCallback
+    from mncli.compress.ternary.ec2t import EC2TCallback
+    from mncli.compress.ternary.ttq import TTQCallback
     from mncli.stages.train_run import KeepMasks
 
     # Pruned layers that stay full precision (depthwise, stem...) keep their zeros too.
@@ -173,7 +173,7 @@ def ternarize(
     import torch
 
     from mncli.bundle import Bundle, load_bundle, save_bundle
-    from mncli.compress.ternary import bake, pruning_masks, select_ternary_layers, ternary_specs
+    from mncli.compress.ternary.common import bake, pruning_masks, select_ternary_layers, ternary_specs
     from mncli.stages.train import check_model_fits_data, remove_checkpoints
 
     torch.manual_seed(cfg.seed)
@@ -189,7 +189,7 @@ def ternarize(
     device = _device(cfg.device)
     model.to(device)
     before = _evaluate(model, data, device)
-    output.log(
+    log(
         f"before: val acc {_pct(before['val_acc'])}, test acc {_pct(before['test_acc'])}; "
         f"ternarizing {len(names)} layers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
     )

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mncli.cli import output
 from mncli.errors import BadInput
+from mncli.log import log
 
 SPLIT_SEED = 0  # every stage holds out the same validation images, whatever its training seed
 
@@ -155,7 +155,7 @@ def run_training(model, opts: TrainOptions, data, *, callbacks=(), phase: str | 
     resume_hint = "run the same command again with --resume"
     resume = opts.resume and _has_checkpoint(opts.ckpt_dir(phase))
     if opts.resume and not resume:
-        output.log(f"no checkpoint in {opts.ckpt_dir(phase)}; starting from the beginning")
+        log(f"no checkpoint in {opts.ckpt_dir(phase)}; starting from the beginning")
     result = fit(
         model, data, cfg, callbacks=list(callbacks), teacher=teacher, ckpt_dir=opts.ckpt_dir(phase),
         resume=resume, resume_hint=resume_hint,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mncli.cli import output
 from mncli.engine.callbacks import Callback
 from mncli.errors import BadInput
+from mncli.log import log
 from mncli.stages.train import (
     TrainStageConfig,
     check_model_fits_data,
@@ -118,7 +118,7 @@ def train(config: TrainStageConfig) -> dict:
     params = sum(p.numel() for p in model.parameters())
     rank, _, world = distributed_env()
     if rank == 0:
-        output.log(
+        log(
             f"training {bundle.arch['name']} ({params:,} parameters) on {data.name}: "
             f"{len(data.train):,} train / {len(data.val):,} val images, {opts.epochs} epochs"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mncli.cli.output import log
+from mncli.log import log
 
 
 def plot_grid(points: list[dict], choice: int | None, path: Path, title: str) -> Path | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mncli.compress.lsq import fake_quantize, qrange, quantize_to_codes
+from mncli.models.quantized import fake_quantize, qrange, quantize_to_codes
 
 
 def _max_abs(v: torch.Tensor, per_channel: bool) -> torch.Tensor:

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mncli.compress.actquant import ACT_QUANT, ActQuantizer
-from mncli.compress.intweights import WEIGHT_SCALE, int_codes
 from mncli.errors import BadInput
+from mncli.models.quantized import ACT_QUANT, WEIGHT_SCALE, ActQuantizer, int_codes
 
 
 @dataclass

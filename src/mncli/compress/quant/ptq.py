@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mncli.compress.lsq import qrange, quantize_to_codes
+from mncli.models.quantized import qrange, quantize_to_codes
 
 CALIBRATIONS = ("minmax", "percentile")
 DEFAULT_PERCENTILE = 99.99

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from mncli.compress.agp import AGPSchedule
-from mncli.compress.masks import Masker
-from mncli.compress.reweighted_l1 import ReweightedL1
+from mncli.compress.prune.agp import AGPSchedule
+from mncli.compress.prune.masks import Masker
+from mncli.compress.prune.reweighted_l1 import ReweightedL1
 from mncli.engine.callbacks import Callback as _Base
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mncli.compress.prune_trace import channel_order_kept, op_name, shape_of, trace
+from mncli.compress.prune.trace import channel_order_kept, op_name, shape_of, trace
 
 _SAME_SPACE_MODULES = (
     nn.BatchNorm1d,

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mncli.search.scaling import FIXED_RESOLUTION, GridPoint, scale_arch
+from mncli.scaling.compound import FIXED_RESOLUTION, GridPoint, scale_arch
 
 
 def point_path(out: Path, index: int) -> Path:

@@ -1,10 +1,11 @@
-"""Input-activation quantizers: an `act_quant` child module on a conv/linear layer, called from a forward
-pre-hook, so the layer sees exactly the values the deployed integer (or fp16) kernel would see.
+"""The deployed form of quantized layers, part of what a model in memory is (the training forms that
+produce them live in mncli.compress.quant).
 
-Deployed form (what artifacts hold and `install_act_quantizers` recreates): `ActQuantizer` with a
-`scale` buffer; forward = clamp(round(x / scale), -Q_N, Q_P) * scale in every mode. Bits 16 means the
-activations are rounded to IEEE half precision (no scale). Training forms (LSQ, PACT, DoReFa) live in
-their own modules and are replaced by `ActQuantizer` when the model is baked.
+Integer weights hold code * scale for real, with the scale kept as the layer's `weight_scale` buffer.
+An input-activation quantizer is an `ActQuantizer` child named `act_quant` on a conv/linear layer,
+called from a forward pre-hook, so the layer sees exactly the values the deployed integer (or fp16)
+kernel would see: clamp(round(x / scale), -Q_N, Q_P) * scale. Bits 16 means IEEE half rounding.
+`install_act_quantizers(model, specs)` recreates both from an artifact's layer specs.
 """
 
 from __future__ import annotations
@@ -14,10 +15,74 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mncli.compress.lsq import fake_quantize, qrange, quantize_to_codes
 from mncli.errors import BadInput
 
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P): codes lie in [-Q_N, Q_P]. Signed b bits is two's complement; unsigned is [0, 2^b - 1]."""
+    if signed:
+        return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def quantize_to_codes(v: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
+    """Integer codes round(clip(v / s, -Q_N, Q_P)) as int32; values are codes.float() * s."""
+    return torch.clamp(torch.round(v / s), -q_n, q_p).to(torch.int32)
+
+
+def fake_quantize(v: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
+    """The deployed quantizer: codes * s, computed so it equals the codec's decode bit for bit."""
+    return quantize_to_codes(v, s, q_n, q_p).to(v.dtype) * s.to(v.dtype)
+
+
+WEIGHT_SCALE = "weight_scale"
+
+
+def set_int_weight(module: nn.Module, scale: torch.Tensor, codes: torch.Tensor) -> None:
+    """Make the module hold code * scale for real, and record the scale as `weight_scale`."""
+    weight = module.weight
+    scale = scale.detach().float().to(weight.device)
+    values = codes.to(weight.device).float() * scale
+    with torch.no_grad():
+        weight.data = values.to(weight.dtype).reshape(weight.shape).contiguous()
+    if WEIGHT_SCALE in module._buffers:
+        module._buffers[WEIGHT_SCALE] = scale.clone()
+    else:
+        module.register_buffer(WEIGHT_SCALE, scale.clone())
+
+
+def int_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Integer codes of a baked weight (exact: weight == codes * scale)."""
+    return torch.round(weight.detach().float() / scale.float()).to(torch.int64)
+
+
+def check_int_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> None:
+    """Raise ValueError unless weight == code * scale exactly with codes in the signed b-bit range."""
+    codes = int_codes(weight, scale)
+    q_n, q_p = qrange(bits, signed=True)
+    if int(codes.min()) < -q_n or int(codes.max()) > q_p:
+        raise ValueError(f"codes outside the {bits}-bit range [{-q_n}, {q_p}]")
+    if not torch.equal(codes.float() * scale.float(), weight.detach().float()):
+        raise ValueError("weight values are not exactly code * scale")
+
+
+def scale_shape(weight_shape: torch.Size | tuple[int, ...], per_channel: bool) -> tuple[int, ...]:
+    """Shape of `weight_scale` for a weight of this shape."""
+    if not per_channel:
+        return (1,)
+    return (int(weight_shape[0]),) + (1,) * (len(weight_shape) - 1)
+
+
+def install_weight_scale(module: nn.Module, per_channel: bool) -> None:
+    """Register a placeholder `weight_scale` buffer so a state dict holding one can be loaded."""
+    if WEIGHT_SCALE not in module._buffers:
+        shape = scale_shape(module.weight.shape, per_channel)
+        module.register_buffer(WEIGHT_SCALE, torch.ones(shape, device=module.weight.device))
+
+
 ACT_QUANT = "act_quant"
+
+
 FLOAT_BITS = (16, 32)
 
 
@@ -109,8 +174,6 @@ def install_act_quantizers(model: nn.Module, specs: dict[str, dict]) -> nn.Modul
     """Recreate the deployed act quantizers that `specs` describe, and the `weight_scale` buffers of
     int layers, as placeholders that load_state_dict then fills. Layers whose act bits are 32 (or
     absent) get no act quantizer. Returns the model."""
-    from mncli.compress.intweights import install_weight_scale
-
     modules = dict(model.named_modules())
     for name, spec in specs.items():
         if not isinstance(spec, dict):
@@ -130,18 +193,3 @@ def install_act_quantizers(model: nn.Module, specs: dict[str, dict]) -> nn.Modul
             )
         attach(modules[name], ActQuantizer(bits, signed, method))
     return model
-
-
-def bake_act_quantizers(model: nn.Module) -> dict[str, dict]:
-    """Replace training quantizers (LSQ/PACT/DoReFa) by deployed `ActQuantizer`s with the same
-    forward in eval mode; returns the act spec per layer."""
-    specs: dict[str, dict] = {}
-    for name, module, quantizer in list(act_quantized_layers(model)):
-        if not isinstance(quantizer, ActQuantizer):
-            quantizer = ActQuantizer(
-                quantizer.bits, quantizer.signed, quantizer.method, scale=quantizer.deployed_scale()
-            )
-            weight = getattr(module, "weight", None)
-            attach(module, quantizer.to(weight.device) if weight is not None else quantizer)
-        specs[name] = {"bits": quantizer.bits, "signed": quantizer.signed, "method": quantizer.method}
-    return specs

@@ -13,9 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from mncli.compress.lsq import qrange
-
-WEIGHT_SCALE = "weight_scale"
+from mncli.models.quantized import set_int_weight
 
 
 class WeightFakeQuant(nn.Module):
@@ -40,19 +38,6 @@ def is_wrapped(module: nn.Module) -> bool:
     return parametrize.is_parametrized(module, "weight")
 
 
-def set_int_weight(module: nn.Module, scale: torch.Tensor, codes: torch.Tensor) -> None:
-    """Make the module hold code * scale for real, and record the scale as `weight_scale`."""
-    weight = module.weight
-    scale = scale.detach().float().to(weight.device)
-    values = codes.to(weight.device).float() * scale
-    with torch.no_grad():
-        weight.data = values.to(weight.dtype).reshape(weight.shape).contiguous()
-    if WEIGHT_SCALE in module._buffers:
-        module._buffers[WEIGHT_SCALE] = scale.clone()
-    else:
-        module.register_buffer(WEIGHT_SCALE, scale.clone())
-
-
 def bake_weight(module: nn.Module) -> tuple[int, bool]:
     """End fake-quant training: the module keeps code * scale; returns (bits, per_channel)."""
     fq: WeightFakeQuant = module.parametrizations.weight[0]
@@ -63,35 +48,6 @@ def bake_weight(module: nn.Module) -> tuple[int, bool]:
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
     set_int_weight(module, scale, codes)
     return fq.quantizer.bits, fq.quantizer.per_channel
-
-
-def int_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Integer codes of a baked weight (exact: weight == codes * scale)."""
-    return torch.round(weight.detach().float() / scale.float()).to(torch.int64)
-
-
-def check_int_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> None:
-    """Raise ValueError unless weight == code * scale exactly with codes in the signed b-bit range."""
-    codes = int_codes(weight, scale)
-    q_n, q_p = qrange(bits, signed=True)
-    if int(codes.min()) < -q_n or int(codes.max()) > q_p:
-        raise ValueError(f"codes outside the {bits}-bit range [{-q_n}, {q_p}]")
-    if not torch.equal(codes.float() * scale.float(), weight.detach().float()):
-        raise ValueError("weight values are not exactly code * scale")
-
-
-def scale_shape(weight_shape: torch.Size | tuple[int, ...], per_channel: bool) -> tuple[int, ...]:
-    """Shape of `weight_scale` for a weight of this shape."""
-    if not per_channel:
-        return (1,)
-    return (int(weight_shape[0]),) + (1,) * (len(weight_shape) - 1)
-
-
-def install_weight_scale(module: nn.Module, per_channel: bool) -> None:
-    """Register a placeholder `weight_scale` buffer so a state dict holding one can be loaded."""
-    if WEIGHT_SCALE not in module._buffers:
-        shape = scale_shape(module.weight.shape, per_channel)
-        module.register_buffer(WEIGHT_SCALE, torch.ones(shape, device=module.weight.device))
 
 
 def freeze_weight(module: nn.Module) -> None:

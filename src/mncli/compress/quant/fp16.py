@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mncli.compress.actquant import ActQuantizer, attach
+from mncli.models.quantized import ActQuantizer, attach
 
 
 def round_to_fp16(t: torch.Tensor) -> torch.Tensor:

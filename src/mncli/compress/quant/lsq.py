@@ -14,12 +14,7 @@ import math
 
 import torch
 
-
-def qrange(bits: int, signed: bool) -> tuple[int, int]:
-    """(Q_N, Q_P): codes lie in [-Q_N, Q_P]. Signed b bits is two's complement; unsigned is [0, 2^b - 1]."""
-    if signed:
-        return 2 ** (bits - 1), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
+from mncli.models.quantized import fake_quantize, qrange, quantize_to_codes
 
 
 def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -53,16 +48,6 @@ def lsq_init_scale(v: torch.Tensor, q_p: int, dim: int | None = None) -> torch.T
         other = [d for d in range(a.dim()) if d != dim]
         mean = a.mean(dim=other, keepdim=True)
     return torch.clamp(2.0 * mean / math.sqrt(q_p), min=1e-8)
-
-
-def quantize_to_codes(v: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
-    """Integer codes round(clip(v / s, -Q_N, Q_P)) as int32; values are codes.float() * s."""
-    return torch.clamp(torch.round(v / s), -q_n, q_p).to(torch.int32)
-
-
-def fake_quantize(v: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
-    """The deployed quantizer: codes * s, computed so it equals the codec's decode bit for bit."""
-    return quantize_to_codes(v, s, q_n, q_p).to(v.dtype) * s.to(v.dtype)
 
 
 class LsqWeight(torch.nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mncli.compress.lsq import fake_quantize, qrange
+from mncli.models.quantized import fake_quantize, qrange
 
 PACT_ALPHA_INIT = 10.0
 

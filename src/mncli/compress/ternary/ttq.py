@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mncli.compress.ternary import (
+from mncli.compress.ternary.common import (
     TernaryParametrization,
     codes_sparsity,
     gradient_only,

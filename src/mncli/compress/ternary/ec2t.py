@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from mncli.compress.ternary import TernaryParametrization, codes_sparsity, scaled_straight_through
+from mncli.compress.ternary.common import TernaryParametrization, codes_sparsity, scaled_straight_through
 from mncli.engine.callbacks import Callback, Context
 
 STD_CLAMP = 0.675

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from mncli.compress.agp import AGPSchedule
-from mncli.compress.masks import Masker
-from mncli.compress.prune_callbacks import MaskCallback, ReweightedL1Callback
-from mncli.compress.reweighted_l1 import ReweightedL1
+from mncli.compress.prune.agp import AGPSchedule
+from mncli.compress.prune.callbacks import MaskCallback, ReweightedL1Callback
+from mncli.compress.prune.masks import Masker
+from mncli.compress.prune.reweighted_l1 import ReweightedL1
 
 TrainFn = Callable[..., None]  # train(callbacks, epochs, phase, keep_best=True)
 Log = Callable[[str], None]

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mncli.compress.structured import ChannelGroup, channel_groups
+from mncli.compress.prune.structured import ChannelGroup, channel_groups
 from mncli.errors import BadInput
 from mncli.models.reshape import module_shape
 

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mncli.compress import intweights
-from mncli.compress.actquant import ActQuantizer, attach, bake_act_quantizers
-from mncli.compress.dorefa import DorefaAct, DorefaWeight
-from mncli.compress.fp16 import attach_fp16_act, convert_weights_fp16
-from mncli.compress.lsq import LsqAct, LsqWeight
-from mncli.compress.pact import PactAct
-from mncli.compress.ptq import InputStats, act_scale, weight_scale_and_codes
-from mncli.compress.qplan import LayerPlan
+from mncli.compress.quant import intweights
+from mncli.compress.quant.actquant import bake_act_quantizers
+from mncli.compress.quant.dorefa import DorefaAct, DorefaWeight
+from mncli.compress.quant.fp16 import attach_fp16_act, convert_weights_fp16
+from mncli.compress.quant.lsq import LsqAct, LsqWeight
+from mncli.compress.quant.pact import PactAct
+from mncli.compress.quant.plan import LayerPlan
+from mncli.compress.quant.ptq import InputStats, act_scale, weight_scale_and_codes
 from mncli.errors import RuntimeFailure
+from mncli.models import quantized
+from mncli.models.quantized import ActQuantizer, attach
 
 METHODS = ("lsq", "pact", "dorefa")
 
@@ -103,7 +105,7 @@ def prepare_ptq(
             )
             if plan.masked:
                 codes = codes * (module.weight.detach() != 0).to(codes.dtype)
-            intweights.set_int_weight(module, scale, codes)
+            quantized.set_int_weight(module, scale, codes)
         if plan.int_act:
             signed = _signed(stats, name)
             scale = act_scale(stats[name], plan.act_bits, signed, calibration, percentile)
@@ -131,7 +133,7 @@ def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) 
             spec["weight"] = {"format": "float", "bits": 32}
             continue
         try:  # what the codec will store: exactly code * scale, codes in the signed b-bit range
-            intweights.check_int_weight(module.weight, module.weight_scale, spec["weight"]["bits"])
+            quantized.check_int_weight(module.weight, module.weight_scale, spec["weight"]["bits"])
         except ValueError as exc:
             raise RuntimeFailure(f"layer {name}: baked weights are off their grid: {exc}") from None
     for name, act_spec in bake_act_quantizers(model).items():

@@ -1,0 +1,1 @@
+"""The stages: each a pure function of (input artifact, config, data, seed) -> output artifact."""

@@ -1,0 +1,35 @@
+"""Small text helpers every layer shares: comma lists in, percentages and numbers out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mncli.errors import BadInput
+
+T = TypeVar("T")
+
+
+def parse_list(text: str | None, kind: Callable[[str], T], option: str, example: str) -> list[T] | None:
+    """`"16, 32,64"` -> [16, 32, 64]; None stays None; a bad item is BadInput naming `option`."""
+    if text is None:
+        return None
+    try:
+        return [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        noun = "integers" if kind is int else "numbers" if kind is float else "values"
+        raise BadInput(
+            f"{option} takes comma-separated {noun}, got {text!r}", hint=f"e.g. {option} {example}"
+        ) from None
+
+
+def fmt_pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals (0.9312 -> '93.12 %'), or '-' when missing."""
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def fmt_num(value: Any) -> str:
+    """An int with thousands separators, any other number to 4 significant digits, or '-'."""
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
