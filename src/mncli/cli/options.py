@@ -1,20 +1,119 @@
-"""Option types shared by the commands, named once so every stage spells them the same way.
+"""Option types shared by the commands, named once so every command spells them the same way.
 
-Use as annotations: `def cmd(inp: InputArtifact, out: OutputArtifact, as_json: Json = False)`.
+Use as annotations: `def cmd(inp: InputArtifact, out: OutputArtifact, as_json: Json = False)`, and
+`@training_options(epochs=3, lr=0.01)` on a training command: it adds every field of
+`mncli.stages.training.TrainOptions` as an option (in the Data and Training help panels, with the
+command's defaults), and hands the command one `train: TrainOptions`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-InputArtifact = Annotated[Path, typer.Argument(help="Input artifact (.safetensors).", show_default=False)]
-OutputArtifact = Annotated[
-    Path, typer.Option("-o", "--out", help="Output artifact (.safetensors); written atomically.")
+from mncli.stages.training import TrainOptions
+
+OUTPUT, METHOD = "Output", "Method"
+
+InputArtifact = Annotated[
+    Path, typer.Argument(metavar="INPUT", help="Input artifact (.safetensors).", show_default=False)
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+OutputArtifact = Annotated[
+    Path,
+    typer.Option(
+        "-o", "--out", metavar="OUTPUT", rich_help_panel=OUTPUT,
+        help="Output artifact (.safetensors); written atomically.",
+    ),
+]  # fmt: skip
+Json = Annotated[
+    bool,
+    typer.Option("--json", rich_help_panel=OUTPUT, help="Print one JSON object on stdout and nothing else."),
+]
+Recipe = Annotated[
+    Path | None,
+    typer.Option(
+        "--recipe", rich_help_panel=METHOD, help="YAML or JSON file of per-layer settings with glob patterns."
+    ),
+]
+ArchOpt = Annotated[
+    list[str] | None, typer.Option("--arch-opt", help="Architecture argument as key=value (repeatable).")
+]
+
+
+def _hints() -> dict[str, typing.Any]:
+    return typing.get_type_hints(TrainOptions)
+
+
+def _cli_type(name: str) -> typing.Any:
+    meta = _field(name).metadata
+    return str | None if meta["parse"] is not None else _hints()[name]
+
+
+def _field(name: str):
+    return next(f for f in fields(TrainOptions) if f.name == name)
+
+
+def train_option(name: str, help: str | None = None) -> typing.Any:
+    """The Typer annotation of one TrainOptions field (for commands that read data but do not train,
+    e.g. `eval --data-dir`): the same flags, help and panel as on the training commands."""
+    meta = _field(name).metadata
+    option = typer.Option(*meta["flags"], help=help or meta["help"], rich_help_panel=meta["panel"])
+    return Annotated[_cli_type(name), option]
+
+
+def _default(name: str) -> typing.Any:
+    f = _field(name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def training_options(**defaults: typing.Any) -> Callable:
+    """Give a Typer command every TrainOptions field as an option and call it with `train=TrainOptions`.
+
+    `defaults` are the command's own (they show in --help); None means "the method's default", which
+    the stage fills in with `TrainOptions.resolved`. A `help_<name>` keyword replaces one option's help
+    text, e.g. to say what the default is per method.
+    """
+    helps = {k.removeprefix("help_"): v for k, v in defaults.items() if k.startswith("help_")}
+    defaults = {k: v for k, v in defaults.items() if not k.startswith("help_")}
+    names = [f.name for f in fields(TrainOptions)]
+    unknown = (set(defaults) | set(helps)) - set(names)
+    if unknown:
+        raise TypeError(f"not training options: {sorted(unknown)}")
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.name != "train"]
+        added = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=train_option(name, helps.get(name)),
+                default=defaults.get(name, _default(name)),
+            )
+            for name in names
+        ]  # fmt: skip
+
+        @functools.wraps(command)
+        def wrapper(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+            values = {name: kwargs.pop(name) for name in names}
+            for name in names:
+                parse = _field(name).metadata["parse"]
+                if parse is not None:
+                    values[name] = parse(values[name])
+            return command(*args, train=TrainOptions(**values), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])
+        return wrapper
+
+    return decorate
+
+
+# TRANSITION: hand-written training option types, removed once every command uses training_options.
 Dataset = Annotated[
     str,
     typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic."),
@@ -50,12 +149,6 @@ Teacher = Annotated[
     Path | None, typer.Option("--teacher", help="Teacher artifact for knowledge distillation.")
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt/ where a killed run stopped.")]
-Recipe = Annotated[
-    Path | None, typer.Option("--recipe", help="YAML or JSON file of per-layer settings with glob patterns.")
-]
-ArchOpt = Annotated[
-    list[str] | None, typer.Option("--arch-opt", help="Architecture argument as key=value (repeatable).")
-]
 Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum (nesterov).")]
 WarmupEpochs = Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")]
@@ -74,3 +167,14 @@ MaxStepsPerEpoch = Annotated[
 Precision = Annotated[
     str, typer.Option("--precision", help="auto, fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA).")
 ]
+
+
+# For commands that read a dataset without training (eval, score, verify).
+InputDataset = train_option(
+    "dataset",
+    "fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic[:...] "
+    "(default: the dataset the input was trained on).",
+)
+DataDir = train_option("data_dir")
+Download = train_option("download")
+Device = train_option("device")

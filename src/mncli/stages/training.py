@@ -1,0 +1,264 @@
+"""The training options every training stage takes, and the one way a stage runs the engine with them.
+
+`TrainOptions` is declared once: each field's metadata carries its command-line flags, help text and
+help panel, so `mncli.cli.options.training_options` turns the dataclass into Typer options for every
+training command, and the manifest records it whole as `params["train"]`. A field whose value is None
+takes the stage's (or the method's) default, filled in by `resolved(**defaults)`. Every field that
+`TrainConfig` also has reaches the engine by name.
+
+    opts = TrainOptions(dataset="fashion-mnist", epochs=10, lr=0.01).resolved(weight_decay=1e-4)
+    data = opts.load_data()                           # train / val (held out, split seed 0) / lazy test
+    result = run_training(model, opts, data, out=out, callbacks=[...], phase="finetune")
+    metrics = final_metrics(model, data, result)      # val/test top-1 and top-5, history, runtime
+
+Adding a training option to every command: a field here (flags, help, panel) and, when the engine
+uses it, the same field in `engine.config.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mncli.errors import BadInput
+from mncli.log import log
+
+SPLIT_SEED = 0  # every stage holds out the same validation images, whatever its training seed
+DATA, TRAINING = "Data", "Training"
+
+
+def _option(default: Any, *flags: str, help: str, panel: str = TRAINING, parse: Any = None) -> Any:
+    """A TrainOptions field: its default, command-line flags, help and panel (`parse` turns the
+    command-line text into the field's value, for list options)."""
+    metadata = {"flags": flags, "help": help, "panel": panel, "parse": parse}
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _milestones(text: str | None) -> tuple[float, ...] | None:
+    from mncli.text import parse_list
+
+    values = parse_list(text, float, "--milestones", "10,15")
+    return None if values is None else tuple(values)
+
+
+@dataclass
+class TrainOptions:
+    """The options of a training run. None: the stage's or the method's default (see `resolved`)."""
+
+    dataset: str | None = _option(
+        None, "--dataset", "-d", panel=DATA,
+        help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic[:classes=N,shape=CxHxW] "
+        "(default: the dataset of the input or of the architecture).",
+    )  # fmt: skip
+    data_dir: Path | None = _option(
+        None, "--data-dir", panel=DATA, help="Where datasets are looked for first (then $MNCLI_DATA)."
+    )
+    download: bool = _option(False, "--download", panel=DATA, help="Download with torchvision if missing.")
+    subset: int | None = _option(
+        None, "--subset", panel=DATA, help="Use only N training images (seeded), for quick trials."
+    )
+    val_size: int | None = _option(
+        None, "--val-size", panel=DATA, help="Training images held out for validation (default 5,000)."
+    )
+    augment: str | None = _option(
+        None, "--augment", panel=DATA,
+        help="default, none, or e.g. crop=4,flip,cutout=8 (default: the dataset's).",
+    )  # fmt: skip
+    epochs: int | None = _option(30, "--epochs", help="Training epochs.")
+    batch_size: int | None = _option(128, "--batch-size", "-b", help="Batch size per process.")
+    optimizer: str | None = _option("sgd", "--optimizer", help="sgd (nesterov), adam or adamw.")
+    lr: float | None = _option(0.1, "--lr", help="Peak learning rate.")
+    momentum: float | None = _option(0.9, "--momentum", help="SGD momentum.")
+    nesterov: bool | None = _option(True, "--nesterov/--no-nesterov", help="Nesterov momentum for SGD.")
+    weight_decay: float | None = _option(
+        5e-4, "--weight-decay", "--wd", help="Weight decay (not on BatchNorm, biases or scales)."
+    )
+    schedule: str | None = _option("cosine", "--schedule", help="cosine, onecycle, step or constant.")
+    warmup_epochs: float | None = _option(0.0, "--warmup-epochs", help="Epochs of linear LR warm-up.")
+    milestones: tuple[float, ...] | None = _option(
+        None, "--milestones", parse=_milestones,
+        help="Step schedule: epochs where the LR is multiplied by --step-gamma, e.g. 10,15.",
+    )  # fmt: skip
+    step_gamma: float | None = _option(0.1, "--step-gamma", help="Step schedule: the LR factor.")
+    label_smoothing: float | None = _option(0.0, "--label-smoothing", help="Label smoothing.")
+    grad_clip: float | None = _option(0.0, "--grad-clip", help="Max gradient norm (0: off).")
+    max_steps_per_epoch: int | None = _option(
+        None, "--max-steps-per-epoch", help="Cap on batches per epoch (quick trials)."
+    )
+    teacher: Path | None = _option(
+        None, "--teacher", help="Teacher artifact for knowledge distillation (same dataset)."
+    )
+    kd_temperature: float | None = _option(2.0, "--kd-temperature", help="Distillation temperature T.")
+    kd_student_weight: float | None = _option(
+        0.5, "--kd-student-weight", help="Distillation: weight of the cross-entropy."
+    )
+    kd_distill_weight: float | None = _option(
+        0.5, "--kd-distill-weight", help="Distillation: weight of T^2 * KL(teacher, student)."
+    )
+    precision: str | None = _option(
+        "auto", "--precision", help="auto, fp32, bf16 (CPU or GPU autocast) or fp16 (CUDA)."
+    )
+    device: str | None = _option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+    seed: int | None = _option(0, "--seed", help="Random seed (initialisation, data order).")
+    resume: bool = _option(
+        False, "--resume",
+        help="Continue from OUT.ckpt/, where an interrupted run of the same command stopped "
+        "(without a checkpoint there, start from the beginning).",
+    )  # fmt: skip
+
+    def resolved(self, **defaults: Any) -> TrainOptions:
+        """A copy whose None fields take `defaults` (the stage's or the method's)."""
+        unknown = set(defaults) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"not training options: {sorted(unknown)}")
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def config(self, **overrides: Any):
+        """The engine's TrainConfig from every option it shares by name (validated: BadInput)."""
+        from mncli.engine import TrainConfig
+
+        known = {f.name for f in fields(TrainConfig)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in known}
+        values = {k: v for k, v in values.items() if v is not None}
+        if self.milestones is not None:
+            values["milestones"] = tuple(float(m) for m in self.milestones)
+        if self.step_gamma is not None:
+            values["gamma"] = self.step_gamma
+        return TrainConfig(**{**values, **overrides}).validate()
+
+    def validate(self) -> TrainOptions:
+        """BadInput for any option out of range, before any data is read."""
+        from mncli.data import canonical_name
+
+        if self.dataset is not None:
+            canonical_name(self.dataset)
+            self.augmentation()
+        self.config()
+        if self.subset is not None and self.subset <= 0:
+            raise BadInput(f"--subset must be positive, got {self.subset}", hint="e.g. --subset 2000")
+        if self.val_size is not None and self.val_size < 0:
+            raise BadInput(f"--val-size must be >= 0, got {self.val_size}", hint="e.g. --val-size 5000")
+        if self.teacher is not None and not Path(self.teacher).is_file():
+            raise BadInput(f"teacher {self.teacher} not found", hint="give a trained .safetensors artifact")
+        return self
+
+    def augmentation(self):
+        from mncli.data import default_augment, parse_augment
+
+        return parse_augment(self.augment, default_augment(self.dataset))
+
+    def load_data(self, image_size: int | None = None):
+        """The dataset at `image_size` (default: its own), with the validation split of SPLIT_SEED."""
+        from mncli.data import load_data
+
+        if self.dataset is None:
+            raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
+        return load_data(
+            self.dataset, data_dir=self.data_dir, download=self.download, val_size=self.val_size,
+            seed=SPLIT_SEED, subset=self.subset, batch_size=self.batch_size or 128,
+            augment=self.augmentation(), image_size=image_size,
+        )  # fmt: skip
+
+    def params(self) -> dict:
+        """The manifest's record of the run (`params["train"]`): every option that shapes the result."""
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        for key in ("resume", "download", "data_dir"):
+            record.pop(key)
+        if record["milestones"] is not None:
+            record["milestones"] = list(record["milestones"])
+        if self.dataset is not None:
+            record["augment"] = self.augmentation().to_dict()
+        record["split_seed"] = SPLIT_SEED
+        return record
+
+
+def ckpt_dir(out: Path | None, phase: str | None = None) -> Path | None:
+    """OUT.ckpt/ (or OUT.ckpt/PHASE/): where a run writes the checkpoints --resume continues from."""
+    from mncli.engine import ckpt_dir_for
+
+    if out is None:
+        return None
+    folder = ckpt_dir_for(out)
+    return folder / phase if phase else folder
+
+
+def remove_checkpoints(out: Path | None) -> None:
+    """Delete OUT.ckpt/ once OUT is written."""
+    folder = ckpt_dir(out)
+    if folder is not None and folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_model_fits_data(arch: dict, data, what: str = "the model") -> None:
+    """BadInput when the architecture's classes or input channels differ from the dataset's."""
+    args = arch.get("args", {})
+    for key, have in (("num_classes", data.num_classes), ("in_channels", data.in_channels)):
+        if key in args and int(args[key]) != int(have):
+            raise BadInput(
+                f"{what} has {key}={args[key]} but {data.name} has {have}",
+                hint=f"train a new model: mncli train --arch {arch.get('name')} --dataset {data.name} -o OUT",
+            )
+
+
+def load_teacher(path: Path | None, data):
+    if path is None:
+        return None
+    from mncli.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    check_model_fits_data(bundle.arch, data, what=f"teacher {path}")
+    return bundle.model
+
+
+def run_training(model, opts: TrainOptions, data, *, out: Path | None = None, callbacks=(),
+                 phase: str | None = None, keep_best: bool = True, **config_overrides: Any):  # fmt: skip
+    """One engine run with the options; checkpoints in OUT.ckpt/[PHASE/] when `out` is given (and
+    continues from there with --resume). With keep_best the best-on-validation weights end in `model`."""
+    from mncli.engine import fit
+    from mncli.engine.checkpoint import FILE
+
+    cfg = opts.config(keep_best=keep_best, **config_overrides)
+    teacher = load_teacher(opts.teacher, data)
+    folder = ckpt_dir(out, phase)
+    resume = opts.resume and folder is not None and (folder / FILE).is_file()
+    if opts.resume and not resume:
+        log(f"no checkpoint in {folder}; starting from the beginning")
+    result = fit(
+        model, data, cfg, callbacks=list(callbacks), teacher=teacher, ckpt_dir=folder, resume=resume,
+        resume_hint="run the same command again with --resume",
+    )  # fmt: skip
+    if keep_best and result.best_state is not None:
+        model.load_state_dict(result.best_state)
+    return result
+
+
+def final_metrics(model, data, result=None, *, device=None, test: bool = True) -> dict:
+    """Validation and test top-1/top-5/loss of `model`, plus the run's history and runtime."""
+    import torch
+
+    from mncli.engine import evaluate
+
+    device = device or next(model.parameters(), torch.empty(0)).device
+    metrics: dict[str, Any] = {}
+    splits = [("val", data.val)] + ([("test", data.test)] if test else [])
+    for name, split in splits:
+        if split is not None and len(split) > 0:
+            scores = evaluate(model, split, device)
+            metrics.update({f"{name}_acc": scores["top1"], f"{name}_top5": scores["top5"],
+                            f"{name}_loss": scores["loss"]})  # fmt: skip
+    if result is not None:
+        metrics.update(
+            epochs_run=len(result.history), best_epoch=result.best_epoch, history=result.history,
+            wall_time_s=round(result.wall_time, 1), runtime=result.runtime,
+            train_seconds=round(sum(h["seconds"] for h in result.history), 1),
+            images_per_s=_mean_rate(result.history),
+        )  # fmt: skip
+    return metrics
+
+
+def _mean_rate(history: list[dict]) -> float:
+    return round(sum(h["images_per_s"] for h in history) / max(1, len(history)), 1)
