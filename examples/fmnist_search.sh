@@ -24,7 +24,7 @@ SEEDS=${SEEDS:-0 1 2}
 mkdir -p "$OUT"
 
 t0=$SECONDS
-"$MNCLI" search -d fashion-mnist --target-ops 5e6 --shared-weights --warmup-epochs 1 --epochs 3 \
+"$MNCLI" search -d fashion-mnist --target-ops 5e6 --shared-weights --weights-warmup-epochs 1 --epochs 3 \
     --arch-lr 0.01 --cost-loss add#linear --act hswish -o "$OUT/arch.safetensors"
 echo "search: $((SECONDS - t0)) s"
 

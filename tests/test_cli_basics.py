@@ -50,3 +50,30 @@ def test_missing_file_is_one_line_exit_2(tmp_path):
 def test_version():
     result = run("--version")
     assert result.returncode == 0 and result.stdout.startswith("mncli ")
+
+
+READ_ONLY = ["models", "inspect", "verify", "import", "export", "eval", "score", "report"]
+
+
+@pytest.mark.parametrize("name", READ_ONLY)
+def test_help_paragraphs_are_single_lines(name):
+    """Each paragraph of the help is one line of text (the terminal wraps it), examples each their own."""
+    import importlib
+
+    text = importlib.import_module(f"mncli.cli.cmd_{name}").HELP
+    for paragraph in text.strip().split("\n\n"):
+        assert "\n" not in paragraph, paragraph
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["eval", "missing.safetensors", "--split", "tset"], "--split"),
+        (["export", "missing.safetensors", "-o", "m.pt", "--format", "onnx"], "--format"),
+        (["score", "--arch", "resnet20", "--ternary-mults", "sparse"], "--ternary-mults"),
+    ],
+)
+def test_a_typo_in_a_choice_exits_2_while_parsing(capsys, argv, option):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert option in err and argv[-1] in err and "not found" not in err

@@ -31,7 +31,7 @@ def test_train_then_eval(tmp_path, capsys):
     manifest = read_manifest(out)
     assert manifest["stage"] == "train"
     assert manifest["arch"]["args"]["num_classes"] == 4 and manifest["arch"]["args"]["in_channels"] == 1
-    assert manifest["params"]["lr"] == 0.1 and manifest["params"]["epochs"] == 2
+    assert manifest["params"]["train"]["lr"] == 0.1 and manifest["params"]["train"]["epochs"] == 2
     assert manifest["data"]["val_size"] == 40 and manifest["data"]["split_seed"] == 0
     assert len(manifest["metrics"]["history"]) == 2
     assert manifest["metrics"]["score"]["score"] > 0
@@ -165,17 +165,19 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
 def test_shared_training_helper_for_other_stages(tmp_path):
     from mncli.engine import Callback
     from mncli.models import create_model
-    from mncli.stages.train import TrainOptions, check_model_fits_data, final_metrics, run_training
+    from mncli.stages.training import TrainOptions, check_model_fits_data, final_metrics, run_training
 
     class Zeroes(Callback):  # what a pruning stage would plug in
         def after_step(self, ctx):
             ctx.model.fc.weight.data[:, 0] = 0
 
-    opts = TrainOptions(dataset=SYN, epochs=2, batch_size=32, lr=0.05, out=tmp_path / "p.safetensors")
+    opts = TrainOptions(dataset=SYN, epochs=2, batch_size=32, lr=0.05)
     data = opts.validate().load_data()
     model = create_model("test-cnn", num_classes=4, in_channels=1, input_size=8, width=4)
     check_model_fits_data(model.arch, data)
-    result = run_training(model, opts, data, callbacks=[Zeroes()], phase="finetune")
+    result = run_training(
+        model, opts, data, out=tmp_path / "p.safetensors", callbacks=[Zeroes()], phase="finetune"
+    )
     assert (tmp_path / "p.ckpt" / "finetune" / "state.pt").is_file()
     assert float(model.fc.weight.detach()[:, 0].abs().sum()) == 0.0  # the kept weights too
     metrics = final_metrics(model, data, result)

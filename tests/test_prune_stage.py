@@ -123,7 +123,11 @@ def test_structured_resnet_reloads_with_identical_logits(tmp_path, capsys):
         (["--sparsity", "0.5", "--layers", "nope*"], "matches no layer"),
         (["--recipe", "RECIPE_EMPTY"], "names no layer"),
         (["--recipe", "RECIPE_TYPO"], "matches no layer"),
-        (["--sparsity", "0.5", "--method", "lottery"], "unknown method"),
+        (["--sparsity", "0.5", "--method", "lottery"], "Invalid value for '--method'"),
+        (["--sparsity", "0.5", "--unit", "hours"], "Invalid value for '--unit'"),
+        (["--structured", "--channel-ratio", "0.5", "--criterion", "l2"], "Invalid value for '--criterion'"),
+        (["--sparsity", "0.5", "-m", "reweighted-l1", "--reweight-at", "1,x"], "--reweight-at takes"),
+        (["--sparsity", "0.5", "--retrain-epochs", "-1"], "--retrain-epochs must be >= 0"),
         (["--sparsity", "0.5", "--unit", "steps"], "needs --end"),
         (["--sparsity", "0.5", "--end", "9", "--epochs", "4"], "not inside the run"),
         (["--structured", "--sparsity", "0.5"], "--structured removes channels"),
@@ -171,3 +175,60 @@ def test_structured_recipe_prunes_only_the_named_layers(tmp_path, capsys):
     assert load_bundle(out).arch["shapes"] == {
         "layer2.0.conv1": [4, 8, 3, 3], "layer2.0.bn1": [4], "layer2.0.conv2": [16, 4, 3, 3]
     }  # fmt: skip
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, capsys):
+    src = _artifact(tmp_path)
+    out = tmp_path / "p.safetensors"
+    code, result = _prune(capsys, src, "-d", DATA, "-o", out, "-m", "magnitude", "-s", "0.5", "--epochs", "1",
+                          "--resume")  # fmt: skip
+    assert code == 0 and result["output"] == str(out) and out.is_file()
+    assert not (tmp_path / "p.safetensors.ckpt").exists()
+
+
+def test_method_defaults_fill_only_what_is_not_given():
+    from mncli.stages.prune import PruneConfig, PruneMethod, Pruning
+    from mncli.stages.training import TrainOptions
+
+    unset = TrainOptions(epochs=None, lr=None, optimizer=None, weight_decay=None)
+    agp = Pruning(PruneConfig(sparsity=0.5)).options(unset)
+    assert (agp.epochs, agp.optimizer, agp.lr, agp.weight_decay) == (40, "sgd", 0.01, 1e-4)
+    rl1 = Pruning(PruneConfig(method=PruneMethod.REWEIGHTED_L1, sparsity=0.5)).options(unset)
+    assert (rl1.epochs, rl1.optimizer, rl1.lr) == (40, "adam", 1e-3)
+    slim = Pruning(PruneConfig(structured=True, channel_ratio=0.5)).options(unset)
+    assert (slim.epochs, slim.optimizer, slim.lr) == (20, "sgd", 0.01)
+    given = Pruning(PruneConfig(method="magnitude", sparsity=0.5)).options(
+        TrainOptions(epochs=3, lr=0.5, optimizer="adamw", weight_decay=0.0)
+    )
+    assert (given.epochs, given.optimizer, given.lr, given.weight_decay) == (3, "adamw", 0.5, 0.0)
+
+
+def test_config_typos_from_python_are_bad_input():
+    from mncli.errors import BadInput
+    from mncli.stages.prune import PruneConfig
+
+    with pytest.raises(BadInput, match="unknown method 'lottery'"):
+        PruneConfig(method="lottery", sparsity=0.5).validate()
+    with pytest.raises(BadInput, match="unknown unit"):
+        PruneConfig(sparsity=0.5, unit="hours").validate()
+    assert PruneConfig(method="magnitude", sparsity=0.5).validate().method == "magnitude"
+
+
+def test_method_prunes_in_memory_without_files():
+    from mncli.bundle import bundle_from_arch
+    from mncli.stages.compression import Run
+    from mncli.stages.prune import PruneConfig, Pruning
+    from mncli.stages.training import TrainOptions
+
+    bundle = bundle_from_arch("test-cnn", {"num_classes": 4, "input_size": 16})
+    method = Pruning(PruneConfig(method="magnitude", sparsity=0.6))
+    opts = method.options(TrainOptions(dataset=DATA, epochs=1, batch_size=32, device="cpu")).validate()
+    specs: dict = {}
+    method.check(bundle.model, specs, bundle.arch, opts)
+    run = Run(model=bundle.model, specs=specs, arch=bundle.arch, data=opts.load_data(), options=opts)
+    result = method.apply(run)
+    assert result["method"] == "magnitude" and result["max_deviation_weights"] <= 1
+    assert result["metrics"]["sparsity"]["achieved"] == pytest.approx(0.6, abs=1e-3)
+    assert specs["conv2"]["mask"] and specs["conv2"]["target_sparsity"] == 0.6
+    assert run.record["method"] == "magnitude" and "layers" not in run.record
+    assert method.params()["method"] == "magnitude"

@@ -52,9 +52,9 @@ def quantized(name, method, weight_bits=4, act_bits=4, specs=None, steps=3, reci
     modules = dict(model.named_modules())
     stats = observe_inputs(model, {n: modules[n] for n, p in plans.items() if p.int_act}, batches, 1)
     if method == "ptq":
-        qat.prepare_ptq(model, plans, stats, "percentile", 99.9)
+        qat.prepare_ptq(model, plans, stats, "percentile", 99.9, specs)
     else:
-        params = qat.prepare_qat(model, plans, stats, method)
+        params = qat.prepare_qat(model, plans, stats, method, specs)
         opt = torch.optim.SGD(list(model.parameters()), lr=0.01, momentum=0.9, weight_decay=1e-4)
         model.train()
         for step in range(steps):

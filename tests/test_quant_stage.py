@@ -10,6 +10,10 @@ from mncli.cli.app import main
 from mncli.compress.quant import qat
 from mncli.compress.quant.plan import plan_layers
 from mncli.compress.quant.ptq import observe_inputs
+from mncli.errors import BadInput
+from mncli.stages.compression import Run
+from mncli.stages.quantize import Calibration, Quantization, QuantizeConfig, QuantizeMethod
+from mncli.stages.training import TrainOptions
 
 DATA = "synthetic:classes=4,shape=1x12x12,train=192,test=64"
 ARCH = {"in_channels": 1, "input_size": 12, "num_classes": 4, "width": 4}
@@ -30,7 +34,7 @@ def test_round_trip_through_the_artifact_gives_identical_logits(fp_artifact, tmp
     plans = plan_layers(model, {}, weight_bits=3, act_bits=5)
     modules = dict(model.named_modules())
     stats = observe_inputs(model, {n: modules[n] for n in plans}, [(x, None)], 1)
-    qat.prepare_qat(model, plans, stats, "lsq")
+    qat.prepare_qat(model, plans, stats, "lsq", {})
     bundle.specs = qat.bake(model, plans, {})
     model.eval()
     out = tmp_path / "q.safetensors"
@@ -85,13 +89,27 @@ def test_cli_ptq_with_a_checked_accumulator_claim(fp_artifact, tmp_path, capsys)
     [
         (["--weight-bits", "0"], "--weight-bits 0 is not supported"),
         (["--act-bits", "33"], "--act-bits 33 is not supported"),
-        (["--method", "xnor"], "unknown method"),
+        (["--percentile", "20"], "--percentile 20.0 is outside (50, 100]"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(fp_artifact, tmp_path, capsys, args, message):
     code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", *args)
     assert code == 2 and message in err and stdout == ""
     assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
+
+
+@pytest.mark.parametrize("flag, typo", [("--method", "xnor"), ("--calibration", "minimax")])
+def test_a_choice_typo_is_rejected_while_parsing(fp_artifact, tmp_path, capsys, flag, typo):
+    out = tmp_path / "x.safetensors"
+    code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", out, flag, typo)
+    assert code == 2 and typo in err and stdout == "" and not out.exists()
+
+
+def test_unknown_method_from_python_is_bad_input():
+    with pytest.raises(BadInput, match="unknown method 'xnor'"):
+        QuantizeConfig(method="xnor").validate()
+    config = QuantizeConfig(method="pact", calibration="percentile").validate()
+    assert config.method is QuantizeMethod.PACT and config.calibration is Calibration.PERCENTILE
 
 
 def test_recipe_with_an_unknown_key_is_refused(fp_artifact, tmp_path, capsys):
@@ -118,3 +136,40 @@ def test_requantizing_and_int_weights_without_act_quantizers_load_back(fp_artifa
     assert code == 0, err
     specs = load_bundle(second).specs  # int weights, no act quantizer: weight_scale buffers must load
     assert specs["conv2"]["weight"]["bits"] == 5 and "act" not in specs["conv2"]
+
+
+def test_training_defaults_and_manifest_params(fp_artifact, tmp_path, capsys):
+    method = Quantization(QuantizeConfig())
+    opts = method.options(TrainOptions(epochs=None, lr=None, weight_decay=None))
+    assert (opts.epochs, opts.lr, opts.weight_decay) == (3, 0.01, 1e-4)
+    out = tmp_path / "q.safetensors"
+    code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", out, "--ptq", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["output"] == str(out) and result["method"] == "ptq"
+    params = load_bundle(out).manifest["params"]
+    assert params["train"]["epochs"] == 3 and params["train"]["lr"] == 0.01
+    assert params["train"]["weight_decay"] == 1e-4
+    assert params["method"] == "lsq" and params["calibration"] == "minmax" and params["ptq"] is True
+
+
+def test_the_method_runs_in_memory_and_keeps_pruned_zeros(fp_artifact):
+    bundle = load_bundle(fp_artifact)
+    model = bundle.model
+    with torch.no_grad():
+        model.conv2.weight[model.conv2.weight.abs() < model.conv2.weight.abs().median()] = 0.0
+        model.fc.weight[:, ::2] = 0.0
+    zeros = {"conv2": model.conv2.weight == 0, "fc": model.fc.weight == 0}
+    specs = {"conv2": {"mask": True}, "fc": {"mask": True}}
+    # conv2 trains as int codes, the classifier fc as floats (first and last layer left at 32 bits)
+    method = Quantization(QuantizeConfig(weight_bits=4, act_bits=8, first_last_bits=32))
+    train = method.options(TrainOptions(dataset=DATA, epochs=1, batch_size=32))
+    data = train.load_data()
+    method.check(model, specs, bundle.arch, train)
+    run = Run(model=model, specs=specs, arch=bundle.arch, data=data, options=train)
+    result = method.apply(run)
+    assert result["int_weight_layers"] == 2 and run.record["method"] == "lsq"
+    assert run.specs["fc"]["weight"] == {"format": "float", "bits": 32}
+    assert run.specs["conv2"]["weight"]["format"] == "int" and run.specs["conv2"]["mask"] is True
+    for name, zero in zeros.items():
+        assert bool((model.get_submodule(name).weight[zero] == 0).all()), name

@@ -62,6 +62,7 @@ def test_one_point_scales_depth_and_width_and_keeps_a_fixed_resolution(arch, tmp
     assert args["blocks"] == ["ir_r1_k3_s2_e3_c8", "ir_r4_k5_s1_e3_c8", "ir_r3_k3_s2_e3_c16"]
     assert args["width_mult"] == pytest.approx(1.44) and args["input_size"] == 12
     assert result["depth_mult"] == pytest.approx(2.25)
+    assert result["output"] == str(out)
     assert manifest["metrics"]["score"]["ops"] > 0
 
 
@@ -189,3 +190,28 @@ def test_bad_inputs(arch, tmp_path, capsys):
     assert (
         main(["scale", str(arch), "--phi", "1", "--grid-points", "1.2", "--grid", "-d", DATA, "-o", out]) == 2
     )
+
+
+def test_a_grid_point_checkpoints_beside_its_point_file(arch, tmp_path, capsys, monkeypatch):
+    import mncli.stages.scale as stage
+    from mncli.artifact import read_manifest
+
+    out = tmp_path / "c.safetensors"
+    args = ["scale", str(arch), "--phi", "2", "--point", "1", "--grid-points", GRID, "-d", DATA, *TRAIN]
+    monkeypatch.setattr(stage, "remove_checkpoints", lambda path: None)  # keep them to look at
+    assert main([*args, "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["output"] == str(tmp_path / "c.point1.safetensors")
+    assert (tmp_path / "c.point1.ckpt").is_dir() and not (tmp_path / "c.ckpt").exists()
+    monkeypatch.undo()
+    assert main([*args, "--resume", "-o", str(out), "--json"]) == 0  # continues from that checkpoint
+    captured = capsys.readouterr()
+    assert "no checkpoint" not in captured.err
+    assert json.loads(captured.out)["val_acc"] == result["val_acc"]
+    assert not (tmp_path / "c.point1.ckpt").exists()
+    assert main([*args, "--resume", "-o", str(tmp_path / "d.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "d.point1.ckpt" in err  # --resume without one: from the start
+    assert not (tmp_path / "d.point1.ckpt").exists()  # removed once the point file is written
+    params = read_manifest(tmp_path / "d.point1.safetensors")["params"]
+    assert params["train"]["epochs"] == 1 and params["train"]["seed"] == 3 and params["point"] == 1

@@ -103,7 +103,8 @@ def test_architecture_only_artifact_counts_dense_unverified(tmp_path, capsys):
         (["--arch", "resnet20", "--dataset", "coco"], "unknown dataset"),
         (["missing.safetensors"], "not found"),
         (["x.safetensors", "--arch", "resnet20"], "exactly one"),
-        (["--arch", "resnet20", "--ternary-storage", "codes3"], "ternary storage"),
+        (["--arch", "resnet20", "--ternary-storage", "codes3"], "--ternary-storage"),
+        (["--arch", "resnet20", "--ternary-mults", "sparse"], "--ternary-mults"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
@@ -122,3 +123,21 @@ def test_help_has_examples(capsys):
     assert main(["score", "--help"]) == 0
     out = capsys.readouterr().out
     assert "mncli score --arch" in out and "--freebie16" in out
+
+
+def test_a_typo_in_a_choice_is_rejected_while_parsing(capsys):
+    """Choices are checked by the command line parser (exit 2), before any model is built."""
+    assert main(["score", "--arch", "no-such-net", "--ternary-storage", "codes3"]) == 2
+    err = capsys.readouterr().err
+    assert "codes3" in err and "codes2" in err and "unknown architecture" not in err
+
+
+def test_python_config_accepts_plain_strings_and_rejects_unknown_ones():
+    from mncli.errors import BadInput
+    from mncli.stages.score import ScoreConfig, TernaryStorage, run
+
+    cfg = ScoreConfig(arch="test-cnn", dataset="cifar100", ternary_storage="sign1").validate()
+    assert cfg.ternary_storage is TernaryStorage.SIGN1
+    assert run(cfg)["conventions"]["ternary_storage"] == "sign1"
+    with pytest.raises(BadInput, match="ternary storage"):
+        run(ScoreConfig(arch="test-cnn", ternary_storage="codes3"))

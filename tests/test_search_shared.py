@@ -101,7 +101,7 @@ def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
         [
             "search", "-d", "synthetic:classes=3,shape=1x12x12,train=64,test=16", "--val-size", "16",
             "--widths", "8,16", "--repeats", "2,1", "--strides", "1,2", "--stem-channels", "8",
-            "--warmup-epochs", "1", "--epochs", "1", "--batch-size", "16", "--shared-weights",
+            "--weights-warmup-epochs", "1", "--epochs", "1", "--batch-size", "16", "--shared-weights",
             "-o", str(out), "--json",
         ] + (["--ops", ops, "--se-ratio", "0.25", "--act", "hswish", "--stem-stride", "2"] if ops else [])
     )  # fmt: skip

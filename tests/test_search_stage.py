@@ -14,7 +14,7 @@ SPACE = [
     "--widths", "8,16", "--repeats", "2,1", "--strides", "2,2", "--stem-channels", "8",
     "--head-channels", "0", "--ops", "k3_e3,k5_e3,zero",
 ]  # fmt: skip
-QUICK = ["--warmup-epochs", "1", "--epochs", "1", "-b", "16", "--arch-every", "1", "--device", "cpu"]
+QUICK = ["--weights-warmup-epochs", "1", "--epochs", "1", "-b", "16", "--arch-every", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,51 @@ def test_unknown_op_and_conflicting_targets_are_bad_input(tmp_path, capsys):
     assert main(["search", "-d", DATA, "--target-ops", "1e6", "--target-params", "1e4", "-o", out]) == 2
     assert "give one cost target" in capsys.readouterr().err
     assert main(["search", "-d", DATA, "--cost", "params", "--target-ops", "1e6", "-o", out]) == 2
+    capsys.readouterr()
+    # the ops are checked before any data is read: this dataset is not there
+    missing = ["-d", "cifar10", "--data-dir", str(tmp_path / "nothing")]
+    assert main(["search", *missing, "--ops", "k3_e3,dilated", "-o", out]) == 2
+    assert "unknown candidate op 'dilated'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option", [["--cost-loss", "mul#lgo"], ["--cost", "flops"], ["--binary-mode", "three"], ["--act", "gelu"]]
+)
+def test_a_typo_in_a_choice_fails_while_parsing(tmp_path, capsys, option):
+    import time
+
+    started = time.perf_counter()
+    code = main(["search", "-d", "cifar10", *option, "-o", str(tmp_path / "a.safetensors")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Invalid value" in err and option[0] in err and option[1] in err
+    assert time.perf_counter() - started < 2  # no data, no super-network
+
+
+def test_the_search_records_its_options_beside_the_training(searched):
+    from mncli.artifact import read_manifest
+
+    manifest = read_manifest(searched[0])
+    params = manifest["params"]
+    assert params["weights_warmup_epochs"] == 1 and params["cost_loss"] == "mul#log"
+    assert params["train"]["epochs"] == 1 and params["train"]["lr"] == 0.05
+    assert params["train"]["weight_decay"] == 4e-5 and params["train"]["label_smoothing"] == 0.1
+    assert params["train"]["warmup_epochs"] == 0.0  # --warmup-epochs is the LR warm-up
+    assert manifest["metrics"]["search_epochs"] == 1 and manifest["metrics"]["weights_warmup_epochs"] == 1
+    assert [h["phase"] for h in manifest["search"]["history"]] == ["warm-up", "search"]
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, capsys):
+    out = tmp_path / "r.safetensors"
+    args = ["search", "-d", DATA, *SPACE, *QUICK, "--target-ops", "2e5", "--warmup-epochs", "0.5"]
+    assert main([*args, "--resume", "-o", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "no checkpoint in" in captured.err and "starting from the beginning" in captured.err
+    assert json.loads(captured.out)["output"] == str(out)
+    from mncli.artifact import read_manifest
+
+    assert read_manifest(out)["params"]["train"]["warmup_epochs"] == 0.5
+    assert not (tmp_path / "r.ckpt").exists()  # the checkpoints go once the output is written
 
 
 def test_json_result_names_costs(searched, tmp_path, capsys):
@@ -99,6 +144,7 @@ def test_json_result_names_costs(searched, tmp_path, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["cost"] == "params" and result["target"] == 2500
+    assert result["output"] == str(out)
     assert result["derived_cost"] == pytest.approx(result["score"]["params"])
 
 
@@ -120,3 +166,23 @@ def test_undecided_search_is_named():
     assert note and "1.1x" in note and "--arch-lr" in note  # median of 1.0, 1.0, 1.2, 2.7
     assert undecided_note([decided, decided, leaning]) is None
     assert undecided_note([{"only": 1.0}]) is None  # a block with one choice says nothing
+
+
+def test_the_config_checks_its_choices_without_the_command_line():
+    from mncli.errors import BadInput
+    from mncli.stages.search import Activation, CostLoss, SearchConfig
+
+    config = SearchConfig(act="HSWISH", cost_loss="add#linear", ops=["K3_E3", "zero"]).validate()
+    assert config.act is Activation.HSWISH and config.cost_loss is CostLoss.ADD_LINEAR
+    assert config.ops == ["k3_e3", "zero"]
+    with pytest.raises(BadInput, match="unknown cost loss 'mul#lgo'"):
+        SearchConfig(cost_loss="mul#lgo").validate()
+    with pytest.raises(BadInput, match="--weights-warmup-epochs"):
+        SearchConfig(weights_warmup_epochs=-1).validate()
+
+
+def test_the_act_choices_are_the_zoos_activations():
+    from mncli.models.blocks import ACTIVATIONS
+    from mncli.stages.search import Activation
+
+    assert {a.value for a in Activation} == set(ACTIVATIONS)

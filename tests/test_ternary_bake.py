@@ -8,7 +8,8 @@ from torch import nn
 
 from mncli.artifact import codec
 from mncli.artifact.codec import ternary_scales
-from mncli.compress.ternary.common import attach, bake, pruning_masks, ternary_specs
+from mncli.compress.prune.masks import kept_masks
+from mncli.compress.ternary.common import attach, bake, ternary_specs
 from mncli.compress.ternary.ec2t import EC2TWeight
 from mncli.compress.ternary.ttq import MITTernaryWeight, TTQWeight
 from mncli.errors import BadInput
@@ -43,7 +44,7 @@ def test_baked_layers_are_ternary(seed, method, pruned):
         with torch.no_grad():
             model.conv.weight.mul_(torch.rand_like(model.conv.weight) > 0.4)
         specs["conv"] = {"weight": {"format": "float", "bits": 32}, "mask": True}
-    masks = pruning_masks(model, specs, ["conv", "fc"])
+    masks = kept_masks(model, specs, ["conv", "fc"])
     pruned_zero = model.conv.weight.detach() == 0
     params = attach(model, ["conv", "fc"], lambda n, w: FACTORIES[method](n, w, masks.get(n)))
     x = torch.randn(2, 1, 6, 6)

@@ -186,3 +186,84 @@ def test_dataset_defaults_to_the_one_the_input_was_trained_on(fp_artifact, tmp_p
     code, _, err = run_cli(capsys, trained, *no_dataset, "--epochs", "0", "-o", out)
     assert code == 0, err
     assert load_artifact(out)[1]["data"]["dataset"] == DATA
+
+
+def test_choice_typos_fail_while_parsing(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "typo.safetensors"
+    for option, value in (("--method", "tqq"), ("--variant", "mitt"), ("--scale-init", "max"),
+                          ("--select-by", "acc")):  # fmt: skip
+        code, _, err = run_cli(capsys, fp_artifact, *FAST, option, value, "-o", out)
+        assert code == 2 and value in err, (option, err)
+    assert not out.exists()
+
+
+TTQ = {"epochs": 20, "optimizer": "sgd", "lr": 0.1, "nesterov": False, "weight_decay": 2e-4,
+       "schedule": "step", "milestones": (10.0, 15.0, 18.0), "step_gamma": 0.1}  # fmt: skip
+MIT = {"epochs": 30, "optimizer": "sgd", "lr": 0.01, "nesterov": True, "weight_decay": 1e-4,
+       "schedule": "cosine", "milestones": ()}  # fmt: skip
+EC2T = {"epochs": 20, "optimizer": "adam", "lr": 1e-4, "weight_decay": 5e-6, "schedule": "constant",
+        "milestones": ()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "variant", "given", "expected"),
+    [
+        ("ttq", "paper", {}, TTQ),
+        ("ttq", "mit", {}, MIT),
+        ("ec2t", "paper", {}, EC2T),
+        ("ttq", "paper", {"epochs": 8, "lr": 0.01, "milestones": (3.0,), "nesterov": True},
+         {**TTQ, "epochs": 8, "lr": 0.01, "milestones": (3.0,), "nesterov": True}),
+        ("ttq", "paper", {"epochs": 8}, {**TTQ, "epochs": 8, "milestones": (4.0, 6.0, 7.0)}),
+    ],
+)  # fmt: skip
+def test_method_defaults_fill_the_training_options(method, variant, given, expected):
+    """Training options not given take the method's original settings (TTQ's step decays at the
+    paper's fractions of the epochs); given ones win."""
+    from mncli.stages.ternarize import Ternarization, TernarizeConfig
+    from mncli.stages.training import TrainOptions
+
+    unset = dict.fromkeys(("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
+                           "weight_decay", "schedule", "milestones", "step_gamma"))  # fmt: skip
+    config = TernarizeConfig(method=method, variant=variant)
+    opts = Ternarization(config).options(TrainOptions(**{**unset, **given}))
+    assert opts.batch_size == 128 and opts.momentum == 0.9
+    assert {key: getattr(opts, key) for key in expected} == expected
+
+
+def test_new_training_options_reach_the_run(fp_artifact, tmp_path, capsys):
+    """--precision, --augment and --optimizer come from the shared training options."""
+    out = tmp_path / "opts.safetensors"
+    code, result, err = run_cli(
+        capsys, fp_artifact, *FAST, "--precision", "fp32", "--augment", "none", "--optimizer", "adam",
+        "--lr", "0.001", "-o", out, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    train = load_bundle(out).manifest["params"]["train"]
+    assert train["precision"] == "fp32" and train["optimizer"] == "adam" and train["lr"] == 0.001
+    assert train["schedule"] == "step" and train["weight_decay"] == 2e-4  # still TTQ's
+    assert result["output"] == str(out)
+
+
+def test_resume_without_checkpoint_starts_from_the_beginning(fp_artifact, tmp_path, capsys):
+    out = tmp_path / "resume.safetensors"
+    code, _, err = run_cli(capsys, fp_artifact, *FAST, "--resume", "-o", out)
+    assert code == 0 and "no checkpoint" in err and out.exists()
+    assert not (tmp_path / "resume.ckpt").exists()
+
+
+def test_method_works_in_memory(fp_artifact, tmp_path):
+    """check + apply on a Run built from a model, without files (the Python API's path)."""
+    from mncli.stages.compression import Run
+    from mncli.stages.ternarize import Ternarization, TernarizeConfig
+    from mncli.stages.training import TrainOptions
+
+    bundle = load_bundle(fp_artifact)
+    method = Ternarization(TernarizeConfig(method="ec2t", retrain_epochs=1))
+    opts = method.options(TrainOptions(dataset=DATA, epochs=1, batch_size=32, device="cpu")).validate()
+    method.check(bundle.model, bundle.specs, bundle.arch, opts)
+    run = Run(bundle.model, dict(bundle.specs), bundle.arch, opts.load_data(), opts)
+    result = method.apply(run)
+    assert result["method"] == "ec2t" and run.record["ternary_layers"] == len(result["layers"])
+    assert {run.specs[n]["weight"]["format"] for n in result["layers"]} == {"ternary"}
+    assert result["metrics"]["training"]["retrain"]["epochs"] == 1
+    assert list(tmp_path.iterdir()) == []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from mncli.errors import BadInput
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 
 def parse_list(text: str | None, kind: Callable[[str], T], option: str, example: str) -> list[T] | None:
@@ -33,3 +35,13 @@ def fmt_num(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def parse_choice(kind: type[E], value: object, option: str) -> E:
+    """`value` as a member of the StrEnum `kind`; anything else is BadInput naming `option` and the choices
+    (the command line checks choices while parsing; this is the same check for the Python API)."""
+    try:
+        return kind(value.lower() if isinstance(value, str) else value)
+    except ValueError:
+        what = option.lstrip("-").replace("-", " ")
+        raise BadInput(f"unknown {what} {value!r}", hint=f"use {option} " + ", ".join(kind)) from None

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mncli import __version__
 from mncli.artifact.schema import validate
 from mncli.errors import BadInput
+from mncli.version import __version__
 
 FORMAT = "mncli/1"
 

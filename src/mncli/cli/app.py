@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
-from mncli import __version__
+from mncli.cli.options import OUTPUT
 from mncli.errors import MncliError
-from mncli.log import is_verbose, set_verbosity
+from mncli.log import is_quiet, is_verbose, set_verbosity
 from mncli.log import stderr as log_stderr
+from mncli.version import __version__
 
 app = typer.Typer(
     name="mncli",
@@ -54,17 +59,47 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks and debug logs.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the output path; no logs.")]
+VerboseAfter = Annotated[
+    bool, typer.Option("-v", "--verbose", help="Show tracebacks and debug logs.", rich_help_panel=OUTPUT)
+]
+QuietAfter = Annotated[
+    bool, typer.Option("-q", "--quiet", help="Print only the output path; no logs.", rich_help_panel=OUTPUT)
+]
+
+
 @app.callback()
 def root(
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show tracebacks and debug logs."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the output path; no logs."),
+    verbose: Verbose = False,
+    quiet: Quiet = False,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
 ) -> None:
     set_verbosity(verbose=verbose, quiet=quiet)
 
 
+def _with_verbosity(command: Callable) -> Callable:
+    """The command with -v/-q of its own, so they work after the subcommand as well as before it."""
+    signature = inspect.signature(command, eval_str=True)
+    added = [
+        inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=VerboseAfter, default=False),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=QuietAfter, default=False),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, verbose: bool = False, quiet: bool = False, **kwargs: Any) -> Any:
+        if verbose or quiet:
+            set_verbosity(verbose=verbose or is_verbose(), quiet=quiet or is_quiet())
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
+    return wrapper
+
+
 for _name in COMMANDS:
     importlib.import_module(f"mncli.cli.cmd_{_name}").register(app)
+for _info in app.registered_commands:
+    _info.callback = _with_verbosity(_info.callback)
 
 
 def main(argv: list[str] | None = None) -> int:

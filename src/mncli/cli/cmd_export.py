@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import warnings
 from pathlib import Path
@@ -10,26 +11,30 @@ from typing import Annotated
 import typer
 
 from mncli.cli import output
-from mncli.cli.options import InputArtifact, Json
+from mncli.cli.options import OUTPUT, InputArtifact, Json
+from mncli.errors import BadInput, RuntimeFailure
+from mncli.text import fmt_num
 
-HELP = """Export an artifact's weights or its whole model for plain PyTorch.
+HELP = "\n\n".join(
+    [
+        "Export an artifact's weights or its whole model for plain PyTorch.",
+        "The weights are its real values (pruned zeros, ternary and n-bit weights decoded to floats). "
+        "The programs (torchscript, torch-export) run without mncli at the model's native input size, "
+        "with any batch size.",
+        "Examples:",
+        "  mncli export q.safetensors -o model.pt",
+        "  mncli export q.safetensors -o model.ts --format torchscript",
+        "  mncli export q.safetensors -o model.pt2 --format torch-export",
+    ]
+)
 
-The weights are its real values (pruned zeros, ternary and n-bit weights decoded to floats).
-state-dict: loadable with torch.load(weights_only=True), activation quantizer scales included
-(`*.act_quant.scale`); torchscript: torch.jit.load(PATH);
-torch-export: torch.export.load(PATH).module(). Programs run without mncli at the model's native
-input size, with any batch size.
 
-Example:
+class ExportFormat(enum.StrEnum):
+    """What `export` writes."""
 
-  mncli export q.safetensors -o model.pt
-
-  mncli export q.safetensors -o model.ts --format torchscript
-
-  mncli export q.safetensors -o model.pt2 --format torch-export
-"""
-
-FORMATS = ("state-dict", "torchscript", "torch-export")
+    STATE_DICT = "state-dict"  # torch.load(PATH, weights_only=True), activation quantizer scales included
+    TORCHSCRIPT = "torchscript"  # torch.jit.load(PATH)
+    TORCH_EXPORT = "torch-export"  # torch.export.load(PATH).module()
 
 
 def _atomic_write(out: Path, write) -> None:
@@ -51,8 +56,6 @@ def _atomic_write(out: Path, write) -> None:
 def _torch_export(model, example, name: str):
     import torch
 
-    from mncli.errors import RuntimeFailure
-
     batch = torch.export.Dim("batch", min=1)
     try:
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
@@ -64,14 +67,15 @@ def _torch_export(model, example, name: str):
         raise RuntimeFailure(f"cannot export {name} with torch.export: {exc}") from exc
 
 
-def export_model(inp: Path, out: Path, fmt: str) -> dict:
+def export_model(inp: Path, out: Path, fmt: ExportFormat | str) -> dict:
     import torch
 
     from mncli.bundle import load_bundle
-    from mncli.errors import BadInput, RuntimeFailure
 
-    if fmt not in FORMATS:
-        raise BadInput(f"unknown export format {fmt!r}", hint="use " + " or ".join(FORMATS))
+    try:
+        fmt = ExportFormat(fmt)
+    except ValueError:
+        raise BadInput(f"unknown export format {fmt!r}", hint="use " + " or ".join(ExportFormat)) from None
     if out.exists() and inp.exists() and out.resolve() == inp.resolve():
         raise BadInput(f"output {out} is the input file", hint="write to a new path")
     bundle = load_bundle(inp)
@@ -80,9 +84,9 @@ def export_model(inp: Path, out: Path, fmt: str) -> dict:
     example = torch.zeros(2, *bundle.input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-        if fmt == "state-dict":
+        if fmt is ExportFormat.STATE_DICT:
             _atomic_write(out, lambda tmp: torch.save(state, tmp))
-        elif fmt == "torchscript":
+        elif fmt is ExportFormat.TORCHSCRIPT:
             try:
                 with torch.no_grad():
                     traced = torch.jit.trace(model, example, check_trace=False)
@@ -94,7 +98,7 @@ def export_model(inp: Path, out: Path, fmt: str) -> dict:
             _atomic_write(out, lambda tmp: torch.export.save(program, tmp))
     return {
         "output": str(out),
-        "format": fmt,
+        "format": fmt.value,
         "arch": bundle.arch,
         "input_shape": list(bundle.input_shape),
         "tensors": len(state),
@@ -102,15 +106,27 @@ def export_model(inp: Path, out: Path, fmt: str) -> dict:
     }
 
 
+ExportOut = Annotated[
+    Path,
+    typer.Option(
+        "-o", "--out", metavar="OUTPUT", rich_help_panel=OUTPUT,
+        help="Output file (.pt, .ts or .pt2); written atomically.",
+    ),
+]  # fmt: skip
+Format = Annotated[
+    ExportFormat,
+    typer.Option(
+        "--format", "-f", metavar="FORMAT", rich_help_panel=OUTPUT,
+        help="state-dict (for torch.load(PATH, weights_only=True), activation quantizer scales included), "
+        "torchscript (torch.jit.load(PATH)) or torch-export (torch.export.load(PATH).module()).",
+    ),
+]  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export", help=HELP)
     def export(
-        inp: InputArtifact,
-        out: Annotated[Path, typer.Option("-o", "--out", help="Output file (.pt); written atomically.")],
-        fmt: Annotated[
-            str, typer.Option("--format", "-f", help="state-dict, torchscript or torch-export.")
-        ] = "state-dict",
-        as_json: Json = False,
+        inp: InputArtifact, out: ExportOut, fmt: Format = ExportFormat.STATE_DICT, as_json: Json = False
     ) -> None:
         from rich.table import Table
 
@@ -119,6 +135,6 @@ def register(app: typer.Typer) -> None:
         table.add_column("key")
         table.add_column("value")
         for key in ("output", "format", "tensors", "params"):
-            table.add_row(key, f"{result[key]:,}" if isinstance(result[key], int) else str(result[key]))
+            table.add_row(key, fmt_num(result[key]) if isinstance(result[key], int) else str(result[key]))
         table.add_row("input", "x".join(str(s) for s in result["input_shape"]))
         output.emit(result, as_json=as_json, table=table, out_path=str(out))

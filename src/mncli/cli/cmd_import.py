@@ -10,30 +10,35 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import ArchOpt, Json, OutputArtifact
 from mncli.log import log
+from mncli.text import fmt_num
 
-HELP = """Import a PyTorch checkpoint (a state dict) into an mncli artifact.
+HELP = "\n\n".join(
+    [
+        "Import a PyTorch checkpoint (a state dict) into an mncli artifact.",
+        "The file is read with torch.load(weights_only=True): no code is unpickled. A state dict nested "
+        'under "state_dict" or "model" is unwrapped and "module." prefixes are stripped; then every key '
+        "and shape must match the architecture exactly, or the differences are listed and nothing is "
+        "written.",
+        "Examples:",
+        "  mncli import resnet20-12fca82f.th --arch resnet20 -o resnet20.safetensors",
+        "  mncli import wrn.pt -a wrn-28-10 --arch-opt num_classes=10 -o w.safetensors",
+    ]
+)
 
-The file is read with torch.load(weights_only=True): no code is unpickled. A state dict nested under
-"state_dict" or "model" is unwrapped and "module." prefixes are stripped; then every key and shape
-must match the architecture exactly, or the differences are listed and nothing is written.
-
-Example:
-
-  mncli import resnet20-12fca82f.th --arch resnet20 -o resnet20.safetensors
-
-  mncli import wrn.pt --arch wrn-28-10 --arch-opt num_classes=10 -o wrn.safetensors
-"""
+Checkpoint = Annotated[
+    Path,
+    typer.Argument(
+        metavar="CHECKPOINT", help="PyTorch checkpoint (.pt/.pth/.th) or .safetensors.", show_default=False
+    ),
+]
+Arch = Annotated[str, typer.Option("--arch", "-a", help="Registered architecture (see mncli models).")]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("import", help=HELP)
     def import_(
-        checkpoint: Annotated[
-            Path, typer.Argument(help="PyTorch checkpoint (.pt/.pth/.th) or .safetensors.")
-        ],
-        arch: Annotated[
-            str, typer.Option("--arch", "-a", help="Registered architecture (see mncli models).")
-        ],
+        checkpoint: Checkpoint,
+        arch: Arch,
         out: OutputArtifact,
         arch_opt: ArchOpt = None,
         as_json: Json = False,
@@ -84,5 +89,5 @@ def register(app: typer.Typer) -> None:
         table.add_row("output", str(out))
         table.add_row("arch", model.arch["name"])
         table.add_row("tensors", str(len(state)))
-        table.add_row("parameters", f"{n_params:,}")
+        table.add_row("parameters", fmt_num(n_params))
         output.emit(result, as_json=as_json, table=table, out_path=str(out))

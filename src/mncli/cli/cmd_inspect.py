@@ -12,15 +12,18 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import InputArtifact, Json
 from mncli.log import log
+from mncli.text import fmt_num, fmt_pct
 
-HELP = (
-    "Show what an artifact holds: architecture, lineage, metrics and a per-layer table.\n\n"
-    "Per layer: shape, storage format, sparsity (measured from the decoded weights), weight and "
-    "activation bits, and bytes on disk. An architecture-only artifact shows its architecture and "
-    "the layer shapes the model zoo builds from it.\n\n"
-    "Example:\n\n"
-    "  mncli inspect pruned.safetensors\n\n"
-    "  mncli inspect q.safetensors --json | jq '.layers[] | select(.sparsity > 0.5) | .name'"
+HELP = "\n\n".join(
+    [
+        "Show what an artifact holds: architecture, lineage, metrics and a per-layer table.",
+        "Per layer: shape, storage format, sparsity (measured from the decoded weights), weight and "
+        "activation bits, and bytes on disk. An architecture-only artifact shows its architecture and "
+        "the layer shapes the model zoo builds from it.",
+        "Examples:",
+        "  mncli inspect pruned.safetensors",
+        "  mncli inspect q.safetensors --json | jq '.layers[] | {name, sparsity}'",
+    ]
 )
 
 
@@ -141,7 +144,7 @@ def render(info: dict):
     arch = info["arch"] or {}
     chain = [f"{a.get('stage')} {str(a.get('content_sha256'))[:12]}" for a in info["lineage"] or []]
     for key, value in [
-        ("artifact", f"{info['path']} ({info['file_bytes']:,} bytes, {info['tensors']} tensors)"),
+        ("artifact", f"{info['path']} ({fmt_num(info['file_bytes'])} bytes, {info['tensors']} tensors)"),
         ("stage", info["stage"]),
         ("arch", f"{arch.get('name')} {_compact(arch.get('args', {}))}"),
         ("content", info["content_sha256"]),
@@ -155,7 +158,7 @@ def render(info: dict):
     for col in ("layer", "shape", "format", "sparsity", "w bits", "a bits", "bytes"):
         layers.add_column(col, justify="left" if col in ("layer", "shape", "format") else "right")
     for r in info["layers"]:
-        sparsity = f"{100 * r['sparsity']:.1f} %" if "sparsity" in r else "-"
+        sparsity = fmt_pct(r.get("sparsity"))
         layers.add_row(
             r["name"],
             "x".join(map(str, r["shape"])) if r["shape"] is not None else "-",
@@ -163,12 +166,12 @@ def render(info: dict):
             sparsity,
             str(r.get("weight_bits", "-")),
             str(r.get("act_bits", "-")),
-            f"{r['stored_bytes']:,}" if not info["architecture_only"] else "-",
+            fmt_num(r["stored_bytes"]) if not info["architecture_only"] else "-",
         )
     t = info["totals"]
     foot = (
-        f"{t['weights']:,} weights, {t['nonzero_weights']:,} non-zero ({100 * t['sparsity']:.1f} % sparse), "
-        f"{t['stored_bytes']:,} bytes of tensors"
+        f"{fmt_num(t['weights'])} weights, {fmt_num(t['nonzero_weights'])} non-zero "
+        f"({fmt_pct(t['sparsity'])} sparse), {fmt_num(t['stored_bytes'])} bytes of tensors"
     )
     return Group(summary, layers, foot) if not info["architecture_only"] else Group(summary, layers)
 

@@ -8,26 +8,29 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import Json
+from mncli.text import fmt_num
 
-HELP = """List the registered model architectures (parameters counted at default arguments).
+HELP = "\n\n".join(
+    [
+        "List the registered model architectures (parameters counted at default arguments).",
+        "Names are patterns: wrn-D-K, resnetN (N = 6n+2), mobilenetv2-W, mobilenetv2-cifar, "
+        "efficientnet-b0..b7; every model takes num_classes, in_channels and input_size through --arch-opt.",
+        "Examples:",
+        "  mncli models",
+        "  mncli models --family efficientnet --json",
+    ]
+)
 
-Names are patterns: wrn-D-K, resnetN (N = 6n+2), mobilenetv2-W, mobilenetv2-cifar, efficientnet-b0..b7;
-every model takes num_classes, in_channels and input_size through --arch-opt.
-
-Example:
-
-  mncli models
-
-  mncli models --family efficientnet --json
-"""
+Family = Annotated[
+    str | None,
+    typer.Option("--family", metavar="FAMILY", help="Only this family (e.g. wrn, efficientnet, test-cnn)."),
+]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("models", help=HELP)
     def models(
-        family: Annotated[
-            str | None, typer.Option("--family", help="Only this family (e.g. wrn, efficientnet, test-cnn).")
-        ] = None,
+        family: Family = None,
         as_json: Json = False,
     ) -> None:
         from rich.table import Table
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
         for row in rows:
             cells = {
                 **row,
-                "params": f"{row['params']:,}",
+                "params": fmt_num(row["params"]),
                 "input": "x".join(str(s) for s in row["input_shape"]),
                 "classes": str(row["num_classes"]),
                 "dataset": row["default_dataset"] or "-",

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mncli.cli import output
-from mncli.cli.options import Json
+from mncli.cli.options import OUTPUT, Json
 from mncli.log import log
+from mncli.text import fmt_num, fmt_pct
 
-HELP = """Summarise a compression chain: accuracy, MicroNet score and file size of every stage.
-
-Give the artifacts in order, or only the last one with --chain to follow its parents.
-
-Example:
-
-  mncli report fp.safetensors pruned.safetensors tern.safetensors q.safetensors
-
-  mncli report q.safetensors --chain --markdown results.md
-"""
+HELP = "\n\n".join(
+    [
+        "Summarise a compression chain: accuracy, MicroNet score and file size of every stage.",
+        "Give the artifacts in order, or only the last one with --chain to follow its parents.",
+        "Examples:",
+        "  mncli report fp.safetensors p.safetensors t.safetensors q.safetensors",
+        "  mncli report q.safetensors --chain --markdown results.md",
+    ]
+)
 
 
 def _chain(path: Path) -> list[Path]:
@@ -72,29 +73,39 @@ def build_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
-def _fmt(value, kind: str) -> str:
+class Kind(enum.StrEnum):
+    """How a report column is printed."""
+
+    TEXT = "str"
+    PCT = "pct"
+    INT = "int"
+    SCORE = "score"
+    TIMES = "x"
+
+
+def _fmt(value, kind: Kind) -> str:
     if value is None:
         return "-"
-    if kind == "pct":
-        return f"{100 * value:.2f} %"
-    if kind == "int":
+    if kind is Kind.PCT:
+        return fmt_pct(value)
+    if kind is Kind.INT:
         return f"{value:,.0f}"
-    if kind == "score":
-        return f"{value:.4g}"
-    if kind == "x":
+    if kind is Kind.SCORE:
+        return fmt_num(float(value))
+    if kind is Kind.TIMES:
         return f"{value:.1f}x"
     return str(value)
 
 
 COLUMNS = [
-    ("stage", "stage", "str"),
-    ("val top-1", "val_top1", "pct"),
-    ("test top-1", "test_top1", "pct"),
-    ("params", "params", "int"),
-    ("ops", "ops", "int"),
-    ("score", "score", "score"),
-    ("vs first", "score_reduction", "x"),
-    ("file bytes", "file_bytes", "int"),
+    ("stage", "stage", Kind.TEXT),
+    ("val top-1", "val_top1", Kind.PCT),
+    ("test top-1", "test_top1", Kind.PCT),
+    ("params", "params", Kind.INT),
+    ("ops", "ops", Kind.INT),
+    ("score", "score", Kind.SCORE),
+    ("vs first", "score_reduction", Kind.TIMES),
+    ("file bytes", "file_bytes", Kind.INT),
 ]
 
 
@@ -108,14 +119,23 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
+Artifacts = Annotated[
+    list[Path], typer.Argument(metavar="INPUT...", help="Artifacts, oldest first.", show_default=False)
+]
+Markdown = Annotated[
+    Path | None,
+    typer.Option(
+        "--markdown", metavar="FILE", rich_help_panel=OUTPUT, help="Also write the table as Markdown to FILE."
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("report", help=HELP)
     def report(
-        artifacts: Annotated[list[Path], typer.Argument(help="Artifacts, oldest first.", show_default=False)],
+        artifacts: Artifacts,
         chain: Annotated[bool, typer.Option("--chain", help="Follow the last artifact's parents.")] = False,
-        markdown_out: Annotated[
-            Path | None, typer.Option("--markdown", help="Also write the table as Markdown to this file.")
-        ] = None,
+        markdown_out: Markdown = None,
         as_json: Json = False,
     ) -> None:
         from rich.table import Table
@@ -132,7 +152,7 @@ def register(app: typer.Typer) -> None:
         table = Table(title="mncli report")
         table.add_column("artifact", overflow="ellipsis", max_width=28)
         for title, _, kind in COLUMNS:
-            table.add_column(title, justify="left" if kind == "str" else "right", no_wrap=True)
+            table.add_column(title, justify="left" if kind is Kind.TEXT else "right", no_wrap=True)
         for r in rows:
             table.add_row(Path(r["artifact"]).name, *(_fmt(r[key], kind) for _, key, kind in COLUMNS))
         output.emit({"rows": rows}, as_json=as_json, table=table)

@@ -8,27 +8,26 @@ from typing import Annotated
 import typer
 
 from mncli.cli import output
-from mncli.cli.options import ArchOpt, Json
+from mncli.cli.options import ArchOpt, Json, method_option, train_option
 from mncli.log import log
+from mncli.stages.score import ScoreConfig, TernaryMults, TernaryStorage
+from mncli.text import fmt_num, fmt_pct
 
-HELP = """Score a model by the MicroNet Challenge rules: params/params_baseline + ops/ops_baseline.
-
-Counts come from tracing the real model (every conv, linear, batch norm, activation, residual add, \
-squeeze-excite gate and pooling) with each layer's real bits and measured sparsity; the bits a layer \
-claims are checked against its values. Multiplications and additions are counted separately.
-
-Examples:
-
-  mncli score q.safetensors
-
-  mncli score q.safetensors --json | jq .score
-
-  mncli score --arch wrn-28-10 --dataset cifar100
-
-  mncli score --arch efficientnet-b0 --dataset imagenet --freebie16
-
-  mncli score --arch mbconv --arch-opt width_mult=0.5 --dataset cifar100
-"""
+HELP = "\n\n".join(
+    [
+        "Score a model by the MicroNet Challenge rules: params/params_baseline + ops/ops_baseline.",
+        "Counts come from tracing the real model (every conv, linear, batch norm, activation, residual "
+        "add, squeeze-excite gate and pooling) with each layer's real bits and measured sparsity; the bits "
+        "a layer claims are checked against its values. Multiplications and additions are counted "
+        "separately.",
+        "Examples:",
+        "  mncli score q.safetensors",
+        "  mncli score q.safetensors --json | jq .score",
+        "  mncli score --arch wrn-28-10 --dataset cifar100",
+        "  mncli score --arch efficientnet-b0 --dataset imagenet --freebie16",
+        "  mncli score --arch mbconv --arch-opt width_mult=0.5 --dataset cifar100",
+    ]
+)
 
 
 def _fmt(value: float) -> str:
@@ -67,32 +66,23 @@ def build_table(result: dict):
             layer["name"],
             layer["type"],
             "x".join(str(s) for s in layer["shape"]),
-            "-" if sparsity is None else f"{100 * sparsity:.1f}%",
+            fmt_pct(sparsity),
             _bits(layer),
             _fmt(layer["params"]),
             _fmt(layer["mults"]),
             _fmt(layer["adds"]),
         )
     table.add_section()
-    table.add_row(
-        "total",
-        "",
-        "",
-        "",
-        "",
-        "",
-        _fmt(result["params"]),
-        _fmt(result["mults"]),
-        _fmt(result["adds"]),
-        style="bold",
-    )
+    totals = (_fmt(result["params"]), _fmt(result["mults"]), _fmt(result["adds"]))
+    table.add_row("total", "", "", "", "", *totals, style="bold")
     base = result["baseline"]
     lines = [
         f"task {result['task']['label']}, baseline {base['name']}: {_fmt(base['params'])} params, "
         f"{_fmt(base['ops'])} ops",
-        f"params {result['params']:,.0f} ({result['storage_mb']:.3f} MB) -> {result['params_score']:.4g}",
+        f"params {result['params']:,.0f} ({result['storage_mb']:.3f} MB) "
+        f"-> {fmt_num(result['params_score'])}",
         f"ops {result['ops']:,.0f} = {result['mults']:,.0f} mults + {result['adds']:,.0f} adds "
-        f"-> {result['ops_score']:.4g}",
+        f"-> {fmt_num(result['ops_score'])}",
     ]
     conv = result["conventions"]
     lines.append(
@@ -105,65 +95,74 @@ def build_table(result: dict):
         lines.append("no weight values: counted dense, claims not verified")
     accuracy = result.get("accuracy")
     if accuracy and accuracy["target"] is None:
-        lines.append(f"test top-1 {accuracy['test_top1']:.2f}% (no accuracy target for this dataset)")
+        lines.append(
+            f"test top-1 {fmt_pct(accuracy['test_top1'] / 100)} (no accuracy target for this dataset)"
+        )
     elif accuracy:
         verdict = "meets" if accuracy["meets_target"] else "misses"
-        lines.append(
-            f"test top-1 {accuracy['test_top1']:.2f}% {verdict} the {accuracy['target']:.1f}% target"
-        )
-    score_line = Text(f"score {result['score']:.4g}", style="bold green")
+        target = fmt_pct(accuracy["target"] / 100)
+        lines.append(f"test top-1 {fmt_pct(accuracy['test_top1'] / 100)} {verdict} the {target} target")
+    score_line = Text(f"score {fmt_num(result['score'])}", style="bold green")
     return Group(table, Text("\n".join(lines)), score_line)
+
+
+Artifact = Annotated[
+    Path | None,
+    typer.Argument(metavar="INPUT", help="Artifact to score (.safetensors).", show_default=False),
+]
+Dataset = train_option(
+    "dataset",
+    "cifar100 or imagenet (fashion-mnist, mnist, cifar10 are scored against the cifar100 constants). "
+    "Sets classes, channels and resolution with --arch. Default: the artifact's.",
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("score", help=HELP, no_args_is_help=True)
     def score(
-        artifact: Annotated[
-            Path | None, typer.Argument(help="Artifact to score (.safetensors).", show_default=False)
-        ] = None,
+        artifact: Artifact = None,
         arch: Annotated[
             str | None, typer.Option("--arch", help="Score an architecture without weights (e.g. wrn-28-10).")
         ] = None,
         arch_opt: ArchOpt = None,
-        dataset: Annotated[
-            str | None,
-            typer.Option(
-                "--dataset",
-                "-d",
-                help="cifar100 or imagenet (fashion-mnist, mnist, cifar10 are scored against the cifar100 "
-                "constants). Sets classes, channels and resolution with --arch. Default: the artifact's.",
-            ),
-        ] = None,
+        dataset: Dataset = None,
         add_bits: Annotated[
             int,
-            typer.Option(
+            method_option(
                 "--add-bits", help="Accumulator bits of additions; below 32 is reported as a claim."
             ),
         ] = 32,
         freebie16: Annotated[
             bool,
-            typer.Option(
+            method_option(
                 "--freebie16", help="Count params and mults at 16 bits (refused if anything is below 16)."
             ),
         ] = False,
         ternary_storage: Annotated[
-            str,
-            typer.Option("--ternary-storage", help="codes2 (official: 2 bits per non-zero + mask) or sign1."),
-        ] = "codes2",
-        ternary_mults: Annotated[
-            str,
-            typer.Option(
-                "--ternary-mults", help="dense (official) or factorized (EC2T: 2 mults per output)."
+            TernaryStorage,
+            method_option(
+                "--ternary-storage",
+                metavar="STORAGE",
+                help="codes2 (official: 2 bits per non-zero + mask) or sign1.",
             ),
-        ] = "dense",
+        ] = TernaryStorage.CODES2,
+        ternary_mults: Annotated[
+            TernaryMults,
+            method_option(
+                "--ternary-mults",
+                metavar="MODE",
+                help="dense (official) or factorized (EC2T: 2 mults per output).",
+            ),
+        ] = TernaryMults.DENSE,
         infer: Annotated[
             bool,
-            typer.Option("--infer", help="Derive weight bits/ternary structure from the values themselves."),
+            method_option("--infer", help="Derive weight bits/ternary structure from the values themselves."),
         ] = False,
         as_json: Json = False,
     ) -> None:
         from mncli.models import parse_arch_opts
-        from mncli.stages.score import ScoreConfig, run
+        from mncli.scoring import summary
+        from mncli.stages.score import run
 
         cfg = ScoreConfig(
             artifact=artifact,
@@ -177,7 +176,5 @@ def register(app: typer.Typer) -> None:
             infer=infer,
         )
         result = run(cfg)
-        from mncli.scoring import summary
-
         log(summary(result))
         output.emit(result, as_json=as_json, table=None if as_json else build_table(result))

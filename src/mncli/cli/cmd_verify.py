@@ -7,16 +7,18 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import InputArtifact, Json
 
-HELP = (
-    "Check that an artifact is intact and consistent with its parents.\n\n"
-    "Recomputes the content hash, validates the manifest against the schema, decodes the stored "
-    "weights, compares the sidecar NAME.manifest.json, and checks the lineage and every parent still "
-    "on disk (its content hash must match the recorded one); parents that are gone are listed but "
-    "do not fail the check. Exit code 0 when everything holds, 1 when a check failed, 2 when the "
-    "file is not an artifact.\n\n"
-    "Example:\n\n"
-    "  mncli verify q.safetensors\n\n"
-    "  mncli verify q.safetensors --json | jq .problems"
+HELP = "\n\n".join(
+    [
+        "Check that an artifact is intact and consistent with its parents.",
+        "Recomputes the content hash, validates the manifest against the schema, decodes the stored "
+        "weights, compares the sidecar NAME.manifest.json, and checks the lineage and every parent still "
+        "on disk (its content hash must match the recorded one); parents that are gone are listed but "
+        "do not fail the check.",
+        "Exit code 0 when everything holds, 1 when a check failed, 2 when the file is not an artifact.",
+        "Examples:",
+        "  mncli verify q.safetensors",
+        "  mncli verify q.safetensors --json | jq .problems",
+    ]
 )
 
 

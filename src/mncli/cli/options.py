@@ -22,6 +22,12 @@ from mncli.stages.training import TrainOptions
 
 OUTPUT, METHOD = "Output", "Method"
 
+
+def method_option(*flags: str, help: str, **kwargs: typing.Any) -> typing.Any:
+    """A Typer option in the Method panel: what a command's own method takes."""
+    return typer.Option(*flags, help=help, rich_help_panel=METHOD, **kwargs)
+
+
 InputArtifact = Annotated[
     Path, typer.Argument(metavar="INPUT", help="Input artifact (.safetensors).", show_default=False)
 ]
@@ -60,11 +66,11 @@ def _field(name: str):
     return next(f for f in fields(TrainOptions) if f.name == name)
 
 
-def train_option(name: str, help: str | None = None) -> typing.Any:
-    """The Typer annotation of one TrainOptions field (for commands that read data but do not train,
-    e.g. `eval --data-dir`): the same flags, help and panel as on the training commands."""
+def train_option(name: str, help: str | None = None, panel: str | None = None) -> typing.Any:
+    """The Typer annotation of one TrainOptions field: the same flags, help and panel as on the
+    training commands, unless `help` or `panel` say otherwise (e.g. `eval --device`, not training)."""
     meta = _field(name).metadata
-    option = typer.Option(*meta["flags"], help=help or meta["help"], rich_help_panel=meta["panel"])
+    option = typer.Option(*meta["flags"], help=help or meta["help"], rich_help_panel=panel or meta["panel"])
     return Annotated[_cli_type(name), option]
 
 
@@ -89,7 +95,12 @@ def training_options(**defaults: typing.Any) -> Callable:
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command)
-        own = [p for p in signature.parameters.values() if p.name != "train"]
+        hints = typing.get_type_hints(command, include_extras=True)  # resolve `from __future__` strings
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.name != "train"
+        ]
         added = [
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=train_option(name, helps.get(name)),
@@ -113,62 +124,6 @@ def training_options(**defaults: typing.Any) -> Callable:
     return decorate
 
 
-# TRANSITION: hand-written training option types, removed once every command uses training_options.
-Dataset = Annotated[
-    str,
-    typer.Option("--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic."),
-]
-InputDataset = Annotated[
-    str | None,
-    typer.Option(
-        "--dataset",
-        "-d",
-        help="fashion-mnist, mnist, cifar10, cifar100, imagenet or synthetic[:...]"
-        " (default: the dataset the input was trained on).",
-    ),
-]
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where datasets are looked for first (then $MNCLI_DATA).")
-]
-Download = Annotated[bool, typer.Option("--download", help="Download with torchvision if missing.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (data order, init, splits).")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-Subset = Annotated[
-    int | None,
-    typer.Option("--subset", help="Use only N training images (seeded), for quick trials."),
-]
-Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size per process.")]
-LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
-Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd (nesterov), adam or adamw.")]
-Schedule = Annotated[str, typer.Option("--schedule", help="cosine, onecycle, step or constant.")]
-WeightDecay = Annotated[
-    float, typer.Option("--weight-decay", "--wd", help="Weight decay (not on BN, bias, scales).")
-]
-Teacher = Annotated[
-    Path | None, typer.Option("--teacher", help="Teacher artifact for knowledge distillation.")
-]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt/ where a killed run stopped.")]
-Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum (nesterov).")]
-WarmupEpochs = Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up epochs.")]
-LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing.")]
-GradClip = Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")]
-Augment = Annotated[
-    str | None,
-    typer.Option("--augment", help="default, none, or e.g. crop=4,flip,cutout=8 (default per dataset)."),
-]
-KdTemperature = Annotated[float, typer.Option("--kd-temperature", help="KD temperature T.")]
-KdStudentWeight = Annotated[float, typer.Option("--kd-student-weight", help="KD: weight of CE.")]
-KdDistillWeight = Annotated[float, typer.Option("--kd-distill-weight", help="KD: weight of T^2 * KL.")]
-ValSize = Annotated[int | None, typer.Option("--val-size", help="Images held out for validation.")]
-MaxStepsPerEpoch = Annotated[
-    int | None, typer.Option("--max-steps-per-epoch", help="Cap on batches per epoch (quick trials).")
-]
-Precision = Annotated[
-    str, typer.Option("--precision", help="auto, fp32, bf16 (CPU/GPU autocast) or fp16 (CUDA).")
-]
-
-
 # For commands that read a dataset without training (eval, score, verify).
 InputDataset = train_option(
     "dataset",
@@ -177,4 +132,4 @@ InputDataset = train_option(
 )
 DataDir = train_option("data_dir")
 Download = train_option("download")
-Device = train_option("device")
+Device = train_option("device", panel="Options")

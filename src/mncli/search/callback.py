@@ -20,7 +20,7 @@ def _cycle(split):
             raise BadInput("the validation split is empty", hint="the search needs --val-size > 0")
 
 
-def make_callback(search, warmup_epochs: int, metric: str):
+def make_callback(search, weights_warmup_epochs: int, metric: str):
     """The engine callback: a sampled path before every weight step, an architecture step on a
     validation batch every k weight steps after warm-up, the most likely network at each epoch end."""
     from mncli.engine import Callback
@@ -38,10 +38,10 @@ def make_callback(search, warmup_epochs: int, metric: str):
             self._val = _cycle(ctx.data.val)
 
         def before_step(self, ctx) -> None:
-            search.sample_weight_paths(warmup=ctx.epoch < warmup_epochs)
+            search.sample_weight_paths(warmup=ctx.epoch < weights_warmup_epochs)
 
         def after_step(self, ctx) -> None:
-            if ctx.epoch < warmup_epochs:
+            if ctx.epoch < weights_warmup_epochs:
                 return
             self.weight_steps += 1
             if self.weight_steps % search.config.update_every:
@@ -57,7 +57,7 @@ def make_callback(search, warmup_epochs: int, metric: str):
             derived = costs.of_indices(chosen)
             with torch.no_grad():
                 expected = float(costs.expected(net))
-            phase = "warm-up" if ctx.epoch < warmup_epochs else "search"
+            phase = "warm-up" if ctx.epoch < weights_warmup_epochs else "search"
             record = {
                 "epoch": ctx.epoch,
                 "phase": phase,

@@ -34,7 +34,7 @@ class ArchConfig:
     arch_eps: float = 1e-8
     update_every: int = 5  # one architecture step every k weight steps
     arch_steps: int = 1
-    warmup_epochs: int = 0
+    weights_warmup_epochs: int = 0  # epochs of weight steps only (random paths), before any arch step
     loss: str = "mul#log"
     target: float = 0.0
 

@@ -52,6 +52,18 @@ def parse_op(text: str) -> Candidate | str:
     return Candidate(int(match.group(2)), int(match.group(3)), fused=bool(match.group(1)))
 
 
+def check_ops(ops: list[str]) -> list[str]:
+    """The candidate ops in canonical spelling; BadInput for an unknown or repeated op, or for no block
+    op besides zero."""
+    parsed = [parse_op(o) for o in ops]
+    if not any(isinstance(p, Candidate) for p in parsed):
+        raise BadInput("the candidate ops need at least one block op (kK_eE, fu_kK_eE) besides zero")
+    names = [p if isinstance(p, str) else p.name for p in parsed]
+    if len(set(names)) != len(names):
+        raise BadInput(f"candidate ops repeat: {names}")
+    return names
+
+
 @dataclass
 class SearchSpace:
     """Everything that fixes the super-network; recorded in the manifest."""
@@ -92,12 +104,7 @@ class SearchSpace:
             self.act = check_act(self.act)
         except ValueError as error:
             raise BadInput(str(error)) from None
-        parsed = [parse_op(o) for o in self.ops]
-        if not any(isinstance(p, Candidate) for p in parsed):
-            raise BadInput("the candidate ops need at least one block op (kK_eE, fu_kK_eE) besides zero")
-        self.ops = [p if isinstance(p, str) else p.name for p in parsed]
-        if len(set(self.ops)) != len(self.ops):
-            raise BadInput(f"candidate ops repeat: {self.ops}")
+        self.ops = check_ops(self.ops)
 
     @property
     def candidates(self) -> list[Candidate]:

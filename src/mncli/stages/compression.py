@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from mncli.errors import MncliError
 from mncli.log import log
+from mncli.stages.evaluate import dataset_for_input
 from mncli.stages.training import (
     TrainOptions,
     check_model_fits_data,
@@ -61,8 +62,8 @@ class CompressionMethod(Protocol):
     def options(self, train: TrainOptions) -> TrainOptions:
         """The training options with the method's defaults filled in (`train.resolved(...)`)."""
 
-    def check(self, model, specs: dict, arch: dict) -> None:
-        """BadInput for anything wrong that needs no data (layer names, targets, formats)."""
+    def check(self, model, specs: dict, arch: dict, options: TrainOptions) -> None:
+        """BadInput for anything wrong that needs no data (layer names, targets, formats, schedules)."""
 
     def apply(self, run: Run) -> dict:
         """Compress `run.model` in place and update `run.specs`; returns the stage's result fields."""
@@ -90,18 +91,20 @@ def input_image_size(arch: dict, dataset: str) -> int | None:
 
 
 def run_stage(method: CompressionMethod, input: Path, out: Path, train: TrainOptions) -> dict:
-    """The file stage: load INPUT, compress with `method`, save OUT; returns the command's result."""
+    """The file stage: load INPUT, compress with `method`, save OUT; returns the command's result.
+    The dataset is the one `train` names, else the one the input was trained on."""
     import torch
 
     from mncli.bundle import Bundle, load_bundle, save_bundle
     from mncli.engine.runtime import resolve_device
 
     started = time.time()
-    opts = method.options(train).validate()
+    train = replace(train, dataset=dataset_for_input(input, train.dataset))
+    opts = method.options(train).with_fallbacks().validate()
     torch.manual_seed(opts.seed)
     bundle = load_bundle(input, require_weights=True)
     model, specs, arch = bundle.model, copy.deepcopy(bundle.specs), copy.deepcopy(bundle.arch)
-    method.check(model, specs, arch)
+    method.check(model, specs, arch, opts)
     data = opts.load_data(image_size=input_image_size(arch, opts.dataset))
     check_model_fits_data(arch, data, what=str(input))
     score_before = score_or_none(model, specs, arch, data.name)
@@ -121,7 +124,9 @@ def run_stage(method: CompressionMethod, input: Path, out: Path, train: TrainOpt
         "score_before": score_before,
         **result.pop("metrics", {}),
     }
-    saved = Bundle(model=run.model, arch=run.arch, specs=run.specs, manifest=bundle.manifest, path=bundle.path)
+    saved = Bundle(
+        model=run.model, arch=run.arch, specs=run.specs, manifest=bundle.manifest, path=bundle.path
+    )
     manifest = save_bundle(
         saved, out, stage=method.stage, params={"train": opts.params(), **method.params()}, metrics=metrics,
         data=data.info, seed=opts.seed, compression={method.stage: run.record},

@@ -5,23 +5,38 @@ are reused, so `eval --split val` reproduces the number `train` recorded."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
 from mncli.errors import BadInput
+from mncli.stages.training import SPLIT_SEED, check_model_fits_data
+from mncli.text import parse_choice
 
-SPLITS = ("val", "test", "train")
+
+class Split(enum.StrEnum):
+    """The dataset split `eval` measures."""
+
+    VAL = "val"
+    TEST = "test"
+    TRAIN = "train"
 
 
 @dataclass
 class EvalConfig:
     input: Path
     dataset: str | None = None
-    split: str = "test"
+    split: Split = Split.TEST
     data_dir: Path | None = None
     download: bool = False
     batch_size: int = 256
     device: str = "auto"
+
+    def validate(self) -> EvalConfig:
+        self.split = parse_choice(Split, self.split, "--split")
+        if self.batch_size <= 0:
+            raise BadInput(f"--batch-size must be positive, got {self.batch_size}", hint="e.g. -b 256")
+        return self
 
 
 def dataset_of(manifest: dict) -> str | None:
@@ -52,12 +67,10 @@ def run(config: EvalConfig) -> dict:
     from mncli.data import load_data
     from mncli.engine import evaluate
     from mncli.engine.runtime import configure, uses_4d_inputs
-    from mncli.stages.train import SPLIT_SEED, check_model_fits_data
 
-    if config.split not in SPLITS:
-        raise BadInput(f"unknown split {config.split!r}", hint="use --split val or --split test")
-    if config.batch_size <= 0:
-        raise BadInput(f"--batch-size must be positive, got {config.batch_size}", hint="e.g. -b 256")
+    if not Path(config.input).is_file():
+        raise BadInput(f"input {config.input} not found", hint="give the path of a .safetensors artifact")
+    config.validate()
     bundle = load_bundle(config.input)
     recorded = bundle.manifest.get("data") or {}
     dataset = config.dataset or dataset_of(bundle.manifest)
@@ -85,17 +98,18 @@ def run(config: EvalConfig) -> dict:
             f"{config.input} takes {size} px inputs but {data.name} images are {data.image_size} px",
             hint="evaluate it on the dataset it was trained on",
         )
-    split = {"val": lambda: data.val, "test": lambda: data.test, "train": lambda: data.train}[config.split]()
+    split = {Split.VAL: lambda: data.val, Split.TEST: lambda: data.test, Split.TRAIN: lambda: data.train}
+    images = split[config.split]()
     rt = configure(config.device, precision="fp32")  # threads as the engine sets them; fp32 arithmetic
     model = bundle.model.to(rt.device)
     if rt.channels_last and uses_4d_inputs(model):
         model.to(memory_format=torch.channels_last)
     started = time.perf_counter()
-    scores = evaluate(model, split, rt.device, batch_size=config.batch_size, channels_last=rt.channels_last)
+    scores = evaluate(model, images, rt.device, batch_size=config.batch_size, channels_last=rt.channels_last)
     return {
         "artifact": str(config.input),
         "dataset": data.name,
-        "split": config.split,
+        "split": str(config.split),
         "top1": scores["top1"],
         "top5": scores["top5"],
         "loss": scores["loss"],

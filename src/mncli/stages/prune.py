@@ -1,41 +1,64 @@
 """Stage `prune`: AGP, one-shot magnitude or reweighted-L1 masks, or structured channel removal.
 
-run(config) -> result dict. The output holds the pruned model, per-layer specs ("mask": true, the
-method, the target and the achieved sparsity), the schedule, and accuracy and score before and after.
+`Pruning(config)` is the CompressionMethod; `run(input, out, config, train)` the file stage. The output
+holds the pruned model, per-layer specs ("mask": true, the method, the target and the achieved
+sparsity), the schedule, and accuracy and score before and after. Zeros of an already pruned input
+stay zero (`kept_masks`).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, replace
+import copy
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from mncli.errors import BadInput
-from mncli.stages.train import TrainOptions
+from mncli.log import log
+from mncli.stages.compression import Run, run_stage
+from mncli.stages.training import TrainOptions
+from mncli.text import parse_choice
 
-METHODS = ("agp", "magnitude", "reweighted-l1")
-UNITS = ("epochs", "steps")
-CRITERIA = ("l1", "zero")
+
+class PruneMethod(StrEnum):
+    AGP = "agp"
+    MAGNITUDE = "magnitude"
+    REWEIGHTED_L1 = "reweighted-l1"
+
+
+class Unit(StrEnum):
+    EPOCHS = "epochs"
+    STEPS = "steps"
+
+
+class Criterion(StrEnum):
+    L1 = "l1"
+    ZERO = "zero"
+
+
 # Epochs when --epochs is not given: Distiller's MicroNet AGP run (20 pruning + 20 fine-tuning).
 DEFAULT_EPOCHS = {"agp": 40, "magnitude": 20, "reweighted-l1": 40, "structured": 20}
+# Optimiser defaults: the reweighted-L1 seed trained with Adam at 1e-3; the others fine-tune with SGD.
+_OPTIMIZER = {"reweighted-l1": ("adam", 1e-3)}
+_FINE_TUNE = ("sgd", 0.01)
+WEIGHT_DECAY = 1e-4
 
 
 @dataclass
 class PruneConfig:
-    input: Path
-    out: Path
-    train: TrainOptions  # the common training options (dataset, data, optimiser, schedule, device, ...)
-    method: str = "agp"
+    """The options of `mncli prune` that are its own (the training options are a TrainOptions)."""
+
+    method: PruneMethod = PruneMethod.AGP
     sparsity: float | None = None
     initial_sparsity: float = 0.05
     start: int = 0
     end: int | None = None  # default: half the epochs (epochs unit); required with steps
     freq: int | None = None  # default: 2 epochs or 100 steps
-    unit: str = "epochs"
+    unit: Unit = Unit.EPOCHS
     global_threshold: bool = False
     structured: bool = False
     channel_ratio: float | None = None
-    criterion: str = "l1"
+    criterion: Criterion = Criterion.L1
     recipe: Path | None = None
     layers: list[str] = field(default_factory=list)
     include_depthwise: bool = True
@@ -44,18 +67,52 @@ class PruneConfig:
     reweight_at: list[int] | None = None
     lr_boost: float = 1.0
     retrain_epochs: int | None = None
-    # None: the method's default (DEFAULT_EPOCHS, optimizer_settings); these override `train`
-    epochs: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
 
     @property
     def mode(self) -> str:
-        return "structured" if self.structured else self.method
+        """ "structured" or the mask method: what the default epochs and optimiser depend on."""
+        return "structured" if self.structured else str(self.method)
 
-    @property
-    def total_epochs(self) -> int:
-        return DEFAULT_EPOCHS[self.mode] if self.epochs is None else self.epochs
+    def validate(self) -> PruneConfig:
+        """BadInput for any option out of range or in conflict (choices given as text are converted)."""
+        self.method = parse_choice(PruneMethod, self.method, "--method")
+        self.unit = parse_choice(Unit, self.unit, "--unit")
+        self.criterion = parse_choice(Criterion, self.criterion, "--criterion")
+        _check_fraction(self.sparsity, "--sparsity")
+        _check_fraction(self.initial_sparsity, "--initial-sparsity")
+        _check_fraction(self.channel_ratio, "--channel-ratio")
+        if self.structured:
+            if self.sparsity is not None or self.global_threshold:
+                raise BadInput(
+                    "--structured removes channels (--channel-ratio); --sparsity/--global are for masks",
+                    hint="prune channels first, then run `mncli prune` again with --sparsity",
+                )
+            if self.channel_ratio is None and self.recipe is None and self.criterion == Criterion.L1:
+                raise BadInput(
+                    "--structured needs --channel-ratio (or a recipe)", hint="e.g. --channel-ratio 0.25"
+                )
+        elif self.sparsity is None and self.recipe is None:
+            raise BadInput("nothing to prune: give --sparsity or a --recipe", hint="e.g. --sparsity 0.8")
+        if self.global_threshold and (self.recipe is not None or self.method == PruneMethod.REWEIGHTED_L1):
+            raise BadInput("--global uses one --sparsity for all layers: not with a recipe or reweighted-l1")
+        if self.global_threshold and self.sparsity is None:
+            raise BadInput("--global needs --sparsity")
+        if self.retrain_epochs is not None and self.retrain_epochs < 0:
+            raise BadInput(f"--retrain-epochs must be >= 0, got {self.retrain_epochs}")
+        if self.rl1_lambda < 0 or self.rl1_eps <= 0:
+            raise BadInput("--rl1-lambda must be >= 0 and --rl1-eps > 0")
+        if self.lr_boost <= 0:
+            raise BadInput(f"--lr-boost must be positive, got {self.lr_boost}")
+        if (
+            self.method == PruneMethod.AGP
+            and not self.structured
+            and self.unit == Unit.STEPS
+            and self.end is None
+        ):
+            raise BadInput(
+                "--unit steps needs --end (the last pruning step)", hint="e.g. --end 2000 --freq 100"
+            )
+        return self
 
 
 def _check_fraction(value: float | None, option: str) -> None:
@@ -65,103 +122,239 @@ def _check_fraction(value: float | None, option: str) -> None:
         )
 
 
-def validate(cfg: PruneConfig) -> None:
-    if cfg.method not in METHODS:
-        raise BadInput(f"unknown method {cfg.method!r}", hint="use agp, magnitude or reweighted-l1")
-    if cfg.unit not in UNITS:
-        raise BadInput(f"unknown unit {cfg.unit!r}", hint="use --unit epochs or --unit steps")
-    if cfg.criterion not in CRITERIA:
-        raise BadInput(f"unknown channel criterion {cfg.criterion!r}", hint="use --criterion l1 or zero")
-    _check_fraction(cfg.sparsity, "--sparsity")
-    _check_fraction(cfg.initial_sparsity, "--initial-sparsity")
-    _check_fraction(cfg.channel_ratio, "--channel-ratio")
-    if cfg.structured:
-        if cfg.sparsity is not None or cfg.global_threshold:
-            raise BadInput(
-                "--structured removes channels (--channel-ratio); --sparsity/--global are for masks",
-                hint="prune channels first, then run `mncli prune` again with --sparsity",
-            )
-        if cfg.channel_ratio is None and cfg.recipe is None and cfg.criterion == "l1":
-            raise BadInput(
-                "--structured needs --channel-ratio (or a recipe)", hint="e.g. --channel-ratio 0.25"
-            )
-    elif cfg.sparsity is None and cfg.recipe is None:
-        raise BadInput("nothing to prune: give --sparsity or a --recipe", hint="e.g. --sparsity 0.8")
-    if cfg.global_threshold and (cfg.recipe is not None or cfg.method == "reweighted-l1"):
-        raise BadInput("--global uses one --sparsity for all layers: not with a recipe or reweighted-l1")
-    if cfg.global_threshold and cfg.sparsity is None:
-        raise BadInput("--global needs --sparsity")
-    for name in ("epochs", "retrain_epochs"):
-        value = getattr(cfg, name)
-        if value is not None and value < 0:
-            raise BadInput(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    optimizer, lr = optimizer_settings(cfg)
-    replace(cfg.train, epochs=cfg.total_epochs, lr=lr, optimizer=optimizer).validate()
-    if cfg.rl1_lambda < 0 or cfg.rl1_eps <= 0:
-        raise BadInput("--rl1-lambda must be >= 0 and --rl1-eps > 0")
-    if cfg.lr_boost <= 0:
-        raise BadInput(f"--lr-boost must be positive, got {cfg.lr_boost}")
-    if cfg.method == "agp" and not cfg.structured and cfg.unit == "steps" and cfg.end is None:
-        raise BadInput("--unit steps needs --end (the last pruning step)", hint="e.g. --end 2000 --freq 100")
+def _kept_zeros(model, specs: dict) -> dict:
+    """The zeros of layers the input already has pruned (Masker's `fixed`): they are kept."""
+    from mncli.compress.prune.masks import kept_masks
+
+    return {name: ~keep for name, keep in kept_masks(model, specs).items()}
 
 
-def agp_schedule(cfg: PruneConfig, final: float, steps_per_epoch: int | None):
-    """The AGP schedule of a config, with the defaults filled in and checked against the run length."""
-    from mncli.compress.prune.agp import AGPSchedule
+class Pruning:
+    """The prune CompressionMethod: masks to per-layer sparsities, or channels removed (structured)."""
 
-    epochs = cfg.total_epochs
-    if cfg.unit == "epochs":
-        end = cfg.end if cfg.end is not None else max(cfg.start + 1, epochs // 2)
-        freq = cfg.freq if cfg.freq is not None else 2
-        length = epochs
-    else:
-        end, freq = cfg.end, cfg.freq if cfg.freq is not None else 100
-        length = epochs * steps_per_epoch if steps_per_epoch else None
-    schedule = AGPSchedule(
-        final=final, initial=cfg.initial_sparsity, start=cfg.start, end=end, freq=freq, unit=cfg.unit
-    )
-    if length is not None and schedule.start + schedule.span >= length:
-        raise BadInput(
-            f"the AGP schedule's last pruning step ({schedule.start + schedule.span} {cfg.unit}) is not "
-            f"inside the run ({length} {cfg.unit})",
-            hint="raise --epochs or lower --end",
+    stage = "prune"
+
+    def __init__(self, config: PruneConfig):
+        self.config = config.validate()
+
+    # --- CompressionMethod
+    def options(self, train: TrainOptions) -> TrainOptions:
+        """The method's epochs, optimiser, lr and weight decay where `train` leaves them None."""
+        optimizer, lr = _OPTIMIZER.get(self.config.mode, _FINE_TUNE)
+        return train.resolved(
+            epochs=DEFAULT_EPOCHS[self.config.mode], optimizer=optimizer, lr=lr, weight_decay=WEIGHT_DECAY
         )
-    return schedule
+
+    def check(self, model, specs: dict, arch: dict, options: TrainOptions) -> None:
+        """Layers, targets, the input's formats and the AGP schedule (epochs unit), before any data."""
+        targets = self.targets(model, specs, options)
+        cfg = self.config
+        if cfg.method == PruneMethod.AGP and not cfg.structured and cfg.unit == Unit.EPOCHS:
+            self.schedule(options.epochs, self._final(targets), None)
+
+    def apply(self, run: Run) -> dict:
+        """Prune `run.model` in place (and fine-tune); the specs and the manifest record follow."""
+        targets = self.targets(run.model, run.specs, run.options)
+        if self.config.structured:
+            info = self._structured(run, targets)
+            result = {k: info[k] for k in ("method", "params_before", "params_after", "channels_removed")}
+        else:
+            info = self._unstructured(run, targets)
+            result = {k: info[k] for k in ("method", "target", "achieved", "max_deviation_weights")}
+            result["layers"] = {
+                n: {"before": r["before"], "target": r["target"], "achieved": r["achieved"]}
+                for n, r in info["layers"].items()
+            }
+            result["metrics"] = {"sparsity": {"target": info["target"], "achieved": info["achieved"]}}
+        run.record = {k: v for k, v in info.items() if k != "layers"}
+        return result
+
+    def params(self) -> dict:
+        record = asdict(self.config)
+        for key, value in record.items():
+            if isinstance(value, StrEnum):
+                record[key] = value.value
+        record["recipe"] = None if self.config.recipe is None else str(self.config.recipe)
+        return record
+
+    # --- layers, targets, schedule
+    def targets(self, model, specs: dict, opts: TrainOptions | None = None) -> dict[str, float]:
+        """Per-layer targets above 0 (sparsity, or channel ratio with --structured): candidates by
+        role/patterns, recipe values over the option's. With `opts`, layers of another format that
+        the run would fine-tune are refused too."""
+        from mncli.compress.recipe import load_recipe, resolve_recipe, select_layers
+
+        cfg = self.config
+        if cfg.structured:  # "zero" removes the all-zero channels and ignores the ratio
+            key, default = "channel_ratio", cfg.channel_ratio if cfg.criterion == Criterion.L1 else 0.5
+        else:
+            key, default = "sparsity", cfg.sparsity
+        recipe = load_recipe(cfg.recipe, {key}) if cfg.recipe else {}
+        candidates = select_layers(model, cfg.layers or None, include_depthwise=cfg.include_depthwise)
+        targets = {}
+        for name, settings in resolve_recipe(model, recipe, candidates).items():
+            value = settings.get(key, default)
+            if value is None:
+                continue
+            if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
+                raise BadInput(f"{key} {value!r} for layer {name} is outside [0, 1)")
+            targets[name] = float(value)
+        if not any(v > 0 for v in targets.values()):
+            raise BadInput(
+                f"no layer gets a {key} above 0",
+                hint="give --sparsity / --channel-ratio, or name layers in the recipe with a value",
+            )
+        trains = opts is not None and (
+            opts.epochs > 0 or (cfg.method == PruneMethod.REWEIGHTED_L1 and bool(cfg.retrain_epochs))
+        )
+        for name, spec in specs.items():
+            weight = spec.get("weight", {})
+            if (name in targets or trains) and (
+                weight.get("format", "float") != "float" or int(weight.get("bits", 32)) < 32
+            ):
+                raise BadInput(
+                    f"layer {name} is already {weight.get('format')} {weight.get('bits')}-bit: pruning and "
+                    "fine-tuning would move its values off that format",
+                    hint="prune before ternarize/quantize (a pruned model stays pruned through them)",
+                )
+        return {n: v for n, v in targets.items() if v > 0}
+
+    def _final(self, targets: dict[str, float]) -> float:
+        return self.config.sparsity if self.config.sparsity is not None else max(targets.values())
+
+    def schedule(self, epochs: int, final: float, steps_per_epoch: int | None):
+        """The AGP schedule with the defaults filled in, checked against the run's length."""
+        from mncli.compress.prune.agp import AGPSchedule
+
+        cfg = self.config
+        if cfg.unit == Unit.EPOCHS:
+            end = cfg.end if cfg.end is not None else max(cfg.start + 1, epochs // 2)
+            freq = cfg.freq if cfg.freq is not None else 2
+            length = epochs
+        else:
+            end, freq = cfg.end, cfg.freq if cfg.freq is not None else 100
+            length = epochs * steps_per_epoch if steps_per_epoch else None
+        schedule = AGPSchedule(
+            final=final,
+            initial=cfg.initial_sparsity,
+            start=cfg.start,
+            end=end,
+            freq=freq,
+            unit=cfg.unit.value,
+        )
+        last = schedule.start + schedule.span
+        at_once = length == 0 and last == 0  # no training: one pruning step, straight to the targets
+        if length is not None and last >= length and not at_once:
+            raise BadInput(
+                f"the AGP schedule's last pruning step ({last} {cfg.unit}) is not "
+                f"inside the run ({length} {cfg.unit})",
+                hint="raise --epochs or lower --end",
+            )
+        return schedule
+
+    # --- the two kinds of pruning
+    def _unstructured(self, run: Run, targets: dict[str, float]) -> dict:
+        from mncli.compress.prune.masks import Masker, sparsity_of
+        from mncli.compress.prune.methods import run_agp, run_magnitude, run_reweighted_l1
+        from mncli.compress.prune.reweighted_l1 import default_milestones
+
+        cfg, model, epochs = self.config, run.model, run.options.epochs
+        method = cfg.method.value
+        modules = dict(model.named_modules())
+        sparsity_before = {n: sparsity_of(modules[n].weight.detach()) for n in targets}
+        masker = Masker(model, list(targets), fixed=_kept_zeros(model, run.specs))
+        masker.apply()
+        global_sparsity = cfg.sparsity if cfg.global_threshold else None
+        log(f"pruning {len(targets)} layers with {method}" + (" (global)" if global_sparsity else ""))
+        info: dict = {"method": method, "global": cfg.global_threshold}
+        if cfg.method == PruneMethod.AGP:
+            steps_per_epoch = (
+                run.data.train.num_batches(run.options.batch_size, drop_last=True)
+                if cfg.unit == Unit.STEPS
+                else None
+            )
+            schedule = self.schedule(epochs, self._final(targets), steps_per_epoch)
+            info.update(
+                run_agp(masker, targets, schedule, run.train, epochs, global_sparsity=global_sparsity)
+            )
+            info["schedule"]["per_layer_final"] = targets
+        elif cfg.method == PruneMethod.MAGNITUDE:
+            info.update(run_magnitude(masker, targets, run.train, epochs, global_sparsity=global_sparsity))
+        else:
+            retrain = cfg.retrain_epochs if cfg.retrain_epochs is not None else epochs
+            milestones = cfg.reweight_at if cfg.reweight_at is not None else default_milestones(epochs)
+            info.update(
+                run_reweighted_l1(
+                    model, masker, targets, run.train, epochs, retrain, lam=cfg.rl1_lambda, eps=cfg.rl1_eps,
+                    milestones=milestones, lr_boost=cfg.lr_boost,
+                )
+            )  # fmt: skip
+            info["schedule"] = {
+                "regularise_epochs": epochs,
+                "retrain_epochs": retrain,
+                "milestones": milestones,
+            }
+        masker.apply()
+        report = masker.report()
+        for name, row in report.items():
+            row["before"] = round(sparsity_before.get(name, row["achieved"]), 6)
+            spec = run.specs.setdefault(name, {})
+            spec["mask"] = True
+            spec.setdefault("method", method)
+            spec["prune_method"] = method
+            if row["target"] is not None:
+                spec["target_sparsity"] = round(row["target"], 6)
+            spec["sparsity"] = round(row["achieved"], 6)
+        target, achieved = masker.overall()
+        info["layers"] = report
+        info["target"], info["achieved"] = round(target, 6), round(achieved, 6)
+        info["max_deviation_weights"] = masker.max_deviation()
+        return info
+
+    def _structured(self, run: Run, ratios: dict[str, float]) -> dict:
+        from mncli.compress.prune.callbacks import MaskCallback
+        from mncli.compress.prune.channels import prune_channels
+        from mncli.compress.prune.masks import Masker
+        from mncli.models import input_shape
+
+        model, specs, arch = run.model, run.specs, run.arch
+        params_before = sum(p.numel() for p in model.parameters())
+        device = next(model.parameters()).device
+        model.cpu()
+        report = prune_channels(
+            model, input_shape(arch), ratios=ratios, criterion=self.config.criterion.value
+        )
+        model.to(device)
+        arch["shapes"] = {**arch.get("shapes", {}), **report["shapes"]}
+        model.arch = copy.deepcopy(arch)
+        params_after = sum(p.numel() for p in model.parameters())
+        removed = sum(g["channels"] - g["kept"] for g in report["groups"])
+        log(f"removed {removed} channels: {params_before:,} -> {params_after:,} parameters")
+        masker = Masker(model, [], fixed=_kept_zeros(model, specs))  # earlier masks survive the fine-tuning
+        callback = MaskCallback(masker, log=log)
+        try:
+            if run.options.epochs > 0:
+                run.train([callback], phase="finetune")
+                masker.apply()
+        finally:
+            callback.close()
+        for name in report["shapes"]:
+            if name in specs and specs[name].get("mask"):
+                specs[name]["sparsity"] = masker.report().get(name, {}).get("achieved")
+        return {
+            "method": "structured",
+            "criterion": self.config.criterion.value,
+            "groups": report["groups"],
+            "shapes": report["shapes"],
+            "params_before": params_before,
+            "params_after": params_after,
+            "channels_removed": removed,
+        }
 
 
-# Optimiser defaults: the reweighted-L1 seed trained with Adam at 1e-3; the others fine-tune with SGD.
-_OPTIMIZER = {"reweighted-l1": ("adam", 1e-3)}
-_FINE_TUNE = ("sgd", 0.01)
+def run(input: Path, out: Path, config: PruneConfig, train: TrainOptions) -> dict:
+    """The file stage: prune INPUT to OUT (dataset: the input's unless `train` names one)."""
+    return run_stage(Pruning(config), input, out, train)
 
 
-def optimizer_settings(cfg: PruneConfig) -> tuple[str, float]:
-    """(optimizer, peak lr): the options given, else the method's default."""
-    optimizer, lr = _FINE_TUNE if cfg.structured else _OPTIMIZER.get(cfg.method, _FINE_TUNE)
-    return cfg.optimizer or optimizer, cfg.lr if cfg.lr is not None else lr
-
-
-def training_options(cfg: PruneConfig) -> TrainOptions:
-    """The common training options with the method's optimiser, lr and epochs filled in."""
-    optimizer, lr = optimizer_settings(cfg)
-    return replace(cfg.train, epochs=cfg.total_epochs, lr=lr, optimizer=optimizer, out=cfg.out)
-
-
-def config_params(cfg: PruneConfig) -> dict:
-    params = {k: v for k, v in asdict(cfg).items() if k != "train"}
-    for key in ("input", "out", "recipe"):
-        params[key] = None if params[key] is None else str(params[key])
-    params.update(training_options(cfg).params())
-    return params
-
-
-def run(cfg: PruneConfig) -> dict:
-    from mncli.stages import prune_run
-
-    validate(cfg)
-    started = time.time()
-    result = prune_run.prune(cfg)
-    result["wall_time_s"] = round(time.time() - started, 1)
-    return result
-
-
-__all__ = ["PruneConfig", "agp_schedule", "config_params", "optimizer_settings", "run", "training_options"]
+__all__ = ["Criterion", "Pruning", "PruneConfig", "PruneMethod", "Unit", "run"]

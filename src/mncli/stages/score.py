@@ -3,24 +3,38 @@ architecture alone (counted on the meta device: no weights, no memory)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mncli.errors import BadInput
 from mncli.log import log
-from mncli.scoring.metashapes import meta_device
+from mncli.text import parse_choice
 
-# Dataset -> (num_classes, in_channels, input_size); imagenet's size is the family's native resolution.
+
+class TernaryStorage(enum.StrEnum):
+    """How a ternary layer's parameters are counted."""
+
+    CODES2 = "codes2"  # official: 2 bits per non-zero, plus the mask
+    SIGN1 = "sign1"  # the mask says non-zero, 1 bit the sign
+
+
+class TernaryMults(enum.StrEnum):
+    """How a ternary layer's multiplications are counted."""
+
+    DENSE = "dense"  # official: one per weight
+    FACTORIZED = "factorized"  # EC2T: sum the +1 and -1 inputs, then 2 mults per output
+
+
+# Dataset -> (num_classes, in_channels, input_size); imagenet's size is the architecture's native
+# resolution (EfficientNet-Bn's own, from its family), or 224 for a CIFAR-sized architecture.
 DATASET_SHAPES = {
     "cifar100": (100, 3, 32),
     "cifar10": (10, 3, 32),
     "fashion-mnist": (10, 1, 28),
     "mnist": (10, 1, 28),
     "imagenet": (1000, 3, None),
-}
-EFFICIENTNET_RESOLUTION = {
-    f"efficientnet-b{i}": r for i, r in enumerate((224, 240, 260, 300, 380, 456, 528, 600))
 }
 IMAGENET_DEFAULT_SIZE = 224
 
@@ -33,9 +47,15 @@ class ScoreConfig:
     dataset: str | None = None
     add_bits: int = 32
     freebie16: bool = False
-    ternary_storage: str = "codes2"
-    ternary_mults: str = "dense"
+    ternary_storage: TernaryStorage = TernaryStorage.CODES2
+    ternary_mults: TernaryMults = TernaryMults.DENSE
     infer: bool = False
+
+    def validate(self) -> ScoreConfig:
+        """BadInput for a choice out of its set (plain strings from Python are accepted)."""
+        self.ternary_storage = parse_choice(TernaryStorage, self.ternary_storage, "--ternary-storage")
+        self.ternary_mults = parse_choice(TernaryMults, self.ternary_mults, "--ternary-mults")
+        return self
 
 
 def _check_dataset(dataset: str) -> str:
@@ -53,13 +73,11 @@ def arch_args_for(name: str, dataset: str, opts: dict[str, Any]) -> dict[str, An
     args.setdefault("num_classes", classes)
     args.setdefault("in_channels", channels)
     if size is None:
-        size = EFFICIENTNET_RESOLUTION.get(name.lower())
-        if size is None:
-            from mncli.models import resolve_args
+        from mncli.models import resolve_args
 
-            _, resolved = resolve_args(name, {k: v for k, v in args.items() if k != "input_size"})
-            native = int(resolved.get("input_size", 0))
-            size = native if native >= 128 else IMAGENET_DEFAULT_SIZE
+        _, resolved = resolve_args(name, {k: v for k, v in args.items() if k != "input_size"})
+        native = int(resolved.get("input_size", 0))
+        size = native if native >= 128 else IMAGENET_DEFAULT_SIZE
     args.setdefault("input_size", size)
     return args
 
@@ -81,16 +99,16 @@ def _score_kwargs(cfg: ScoreConfig) -> dict:
     return {
         "add_bits": cfg.add_bits,
         "freebie16": cfg.freebie16,
-        "ternary_storage": cfg.ternary_storage,
-        "ternary_mults": cfg.ternary_mults,
+        "ternary_storage": cfg.ternary_storage.value,
+        "ternary_mults": cfg.ternary_mults.value,
         "infer": cfg.infer,
     }
 
 
 def _score_arch(cfg: ScoreConfig) -> dict:
-
     from mncli.models import create_model, default_dataset, input_shape, resolve_args
     from mncli.scoring import score_model
+    from mncli.scoring.metashapes import meta_device
 
     name = cfg.arch or ""
     resolve_args(name, cfg.arch_opts)  # unknown names and arguments fail here, before any defaults
@@ -106,10 +124,10 @@ def _score_arch(cfg: ScoreConfig) -> dict:
 
 
 def _score_artifact(cfg: ScoreConfig) -> dict:
-
     from mncli.bundle import attach_specs, load_bundle
     from mncli.models import build_model, default_dataset, input_shape
     from mncli.scoring import score_model
+    from mncli.scoring.metashapes import meta_device
 
     path = Path(cfg.artifact)
     if not path.is_file():
@@ -143,4 +161,5 @@ def run(cfg: ScoreConfig) -> dict:
             "give exactly one of an artifact or --arch",
             hint="mncli score model.safetensors, or mncli score --arch wrn-28-10 --dataset cifar100",
         )
+    cfg.validate()
     return _score_arch(cfg) if cfg.arch is not None else _score_artifact(cfg)

@@ -1,22 +1,71 @@
 """The `search` stage: ProxylessNAS on a dataset, writing the derived network as an architecture-only
-artifact (an `mbconv` arch that `mncli train ARCH.safetensors` trains from scratch)."""
+artifact (an `mbconv` arch that `mncli train ARCH.safetensors` trains from scratch).
+
+The weights train with the training options (`TrainOptions`, defaults `TRAIN_DEFAULTS`): first
+`weights_warmup_epochs` on random paths, then `epochs` of search with architecture steps in between.
+
+    result = run(Path("arch.safetensors"), SearchConfig(target_ops=5e6), TrainOptions(dataset="mnist"))
+"""
 
 from __future__ import annotations
 
+import enum
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
+from mncli.stages.training import TrainOptions, remove_checkpoints, run_training
+from mncli.text import parse_choice
+
+# The weight training of a search (ProxylessNAS's recipe; `epochs` are those after the warm-up).
+TRAIN_DEFAULTS = dict(
+    epochs=6, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=4e-5, label_smoothing=0.1,
+    schedule="cosine",
+)  # fmt: skip
+
+
+class Cost(enum.StrEnum):
+    """The MicroNet metric the search optimises."""
+
+    OPS = "ops"
+    PARAMS = "params"
+    SCORE = "score"
+
+
+class CostLoss(enum.StrEnum):
+    """ProxylessNAS's cost-aware losses (mncli.search.cost.cost_loss)."""
+
+    MUL_LOG = "mul#log"
+    ADD_LINEAR = "add#linear"
+
+
+class BinaryMode(enum.StrEnum):
+    """Gate gradients of all paths (full) or of two sampled paths (two)."""
+
+    FULL = "full"
+    TWO = "two"
+
+
+class Activation(enum.StrEnum):
+    """The activations the zoo's `mbconv` builds (mncli.models.blocks.ACTIVATIONS)."""
+
+    RELU6 = "relu6"
+    RELU = "relu"
+    HSWISH = "hswish"
+    HARDSWISH = "hardswish"
+    SWISH = "swish"
+    SILU = "silu"
+    TANH = "tanh"
 
 
 @dataclass
 class SearchConfig:
-    out: Path
-    dataset: str
+    """The search's own options: the space, the cost, the architecture optimiser."""
+
     # the space (None: the dataset's default, see mncli.search.space.default_space)
     widths: list[int] | None = None
     repeats: list[int] | None = None
@@ -26,62 +75,73 @@ class SearchConfig:
     stem_stride: int | None = None
     head_channels: int | None = None
     se_ratio: float = 0.0
-    act: str = "relu6"
+    act: Activation = Activation.RELU6
     # the cost
-    cost: str | None = None  # ops | params | score (default: the metric of the target given, else ops)
+    cost: Cost | None = None  # default: the metric of the target given, else ops
     target_ops: float | None = None
     target_params: float | None = None
     target_score: float | None = None
-    cost_loss: str = "mul#log"
+    cost_loss: CostLoss = CostLoss.MUL_LOG
     fit_target: bool = True
     shared_weights: bool = False  # candidates cut from one set of weights (ours; supernet.py)
     # the architecture optimiser
-    binary_mode: str = "full"
+    binary_mode: BinaryMode = BinaryMode.FULL
     arch_lr: float = 1e-3
     arch_every: int = 5
     arch_steps: int = 1
-    # the weights
-    warmup_epochs: int = 2
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
-    schedule: str = "cosine"
-    max_steps_per_epoch: int | None = None
-    augment: str | None = None
-    precision: str = "auto"
-    resume: bool = False
-    data_dir: Path | None = None
-    download: bool = False
-    subset: int | None = None
-    val_size: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    extra: dict = field(default_factory=dict)
+    weights_warmup_epochs: int = 2  # weight steps only, on random paths, before the search epochs
 
+    def validate(self) -> SearchConfig:
+        """BadInput for anything wrong that needs no data (choices, targets, ops, ranges)."""
+        from mncli.search.space import check_ops
 
-def _metric_and_target(cfg: SearchConfig) -> tuple[str, float | None]:
-    given = {
-        m: v
-        for m, v in (("ops", cfg.target_ops), ("params", cfg.target_params), ("score", cfg.target_score))
-        if v is not None
-    }
-    if len(given) > 1:
-        raise BadInput(
-            f"give one cost target, got {', '.join('--target-' + m for m in given)}",
-            hint="the search optimises one cost: --target-ops, --target-params or --target-score",
-        )
-    metric = cfg.cost or (next(iter(given)) if given else "ops")
-    if metric not in ("ops", "params", "score"):
-        raise BadInput(f"unknown cost {metric!r}", hint="use --cost ops, params or score")
-    if given and metric not in given:
-        raise BadInput(
-            f"--cost {metric} needs --target-{metric}, got --target-{next(iter(given))}",
-            hint=f"drop --cost, or give --target-{metric}",
-        )
-    return metric, given.get(metric)
+        self.act = parse_choice(Activation, self.act, "--act")
+        self.cost_loss = parse_choice(CostLoss, self.cost_loss, "--cost-loss")
+        self.binary_mode = parse_choice(BinaryMode, self.binary_mode, "--binary-mode")
+        if self.cost is not None:
+            self.cost = parse_choice(Cost, self.cost, "--cost")
+        self.metric_and_target()
+        if self.ops:
+            self.ops = check_ops(self.ops)
+        if not 0.0 <= self.se_ratio <= 1.0:
+            raise BadInput(
+                f"--se-ratio must be in [0, 1], got {self.se_ratio:g}", hint="e.g. --se-ratio 0.25"
+            )
+        if self.weights_warmup_epochs < 0:
+            raise BadInput(f"--weights-warmup-epochs must be >= 0, got {self.weights_warmup_epochs}")
+        if self.arch_every < 1 or self.arch_steps < 1:
+            raise BadInput("--arch-every and --arch-steps must be at least 1")
+        if not self.arch_lr > 0:
+            raise BadInput(f"--arch-lr must be positive, got {self.arch_lr}")
+        return self
+
+    def metric_and_target(self) -> tuple[str, float | None]:
+        """The cost metric and its target (None: none given)."""
+        given = {
+            m: v
+            for m, v in (
+                ("ops", self.target_ops),
+                ("params", self.target_params),
+                ("score", self.target_score),
+            )
+            if v is not None
+        }
+        if len(given) > 1:
+            raise BadInput(
+                f"give one cost target, got {', '.join('--target-' + m for m in given)}",
+                hint="the search optimises one cost: --target-ops, --target-params or --target-score",
+            )
+        metric = str(self.cost) if self.cost is not None else next(iter(given), "ops")
+        if given and metric not in given:
+            raise BadInput(
+                f"--cost {metric} needs --target-{metric}, got --target-{next(iter(given))}",
+                hint=f"drop --cost, or give --target-{metric}",
+            )
+        return metric, given.get(metric)
+
+    def params(self) -> dict:
+        """The search's options as the manifest records them beside params["train"]."""
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
 
 
 def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classes: int):
@@ -102,57 +162,9 @@ def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classe
         num_classes=num_classes,
         ops=list(cfg.ops) if cfg.ops else list(DEFAULT_OPS),
         se_ratio=cfg.se_ratio,
-        act=cfg.act,
+        act=str(cfg.act),
         **base,
     )
-
-
-def run(cfg: SearchConfig) -> dict:
-    import torch
-
-    from mncli.data import canonical_name
-    from mncli.search.callback import make_callback
-    from mncli.search.cost import CostModel, check_target, fmt
-    from mncli.search.proxyless import ArchConfig, ArchitectureSearch
-    from mncli.search.supernet import SuperNet
-
-    started = time.time()
-    metric, target = _metric_and_target(cfg)
-    if cfg.warmup_epochs < 0 or cfg.epochs < 1:
-        raise BadInput("--epochs must be >= 1 and --warmup-epochs >= 0")
-    torch.manual_seed(cfg.seed)
-    opts = train_options(cfg).validate()
-    data = opts.load_data()
-    space = build_space(cfg, data.in_channels, data.image_size, data.num_classes)
-    task = "imagenet" if canonical_name(cfg.dataset) == "imagenet" else "cifar100"
-    supernet = SuperNet(space, seed=cfg.seed, shared=cfg.shared_weights)
-    costs = CostModel(supernet, metric, task)
-    low, high = costs.minimum(), costs.maximum()
-    if target is None:
-        target = math.sqrt(low * high)
-        log(f"no target given: aiming at {fmt(target, metric)} {metric}, the middle of this space")
-    check_target(costs, target)
-    log(
-        f"search space: {len(supernet.mixed)} choice blocks, {metric} from {fmt(low, metric)} to "
-        f"{fmt(high, metric)}; target {fmt(target, metric)}"
-    )
-    if target > high:
-        log(f"the target is above the largest network of the space ({fmt(high, metric)}): nothing to trade")
-    arch_cfg = ArchConfig(
-        binary_mode=cfg.binary_mode,
-        arch_lr=cfg.arch_lr,
-        update_every=cfg.arch_every,
-        arch_steps=cfg.arch_steps,
-        warmup_epochs=cfg.warmup_epochs,
-        loss=cfg.cost_loss,
-        target=target,
-    )
-    if cfg.cost_loss not in ("mul#log", "add#linear"):
-        raise BadInput(f"unknown cost loss {cfg.cost_loss!r}", hint="use mul#log (default) or add#linear")
-    search = ArchitectureSearch(supernet, costs, arch_cfg, seed=cfg.seed)
-    callback = make_callback(search, cfg.warmup_epochs, metric)
-    fitted = _fit(cfg, supernet, data, callback)
-    return _derive_and_save(cfg, supernet, costs, data, callback.history, target, task, fitted, started)
 
 
 def weak_cost_note(cost_loss: str, argmax_cost: float, target: float) -> str | None:
@@ -160,7 +172,7 @@ def weak_cost_note(cost_loss: str, argmax_cost: float, target: float) -> str | N
     counts log(E)/log(target) barely moves (twice the target scales the loss by ~1.015), so the
     probabilities follow accuracy alone and the fit to the target picks the network (measured on
     Fashion-MNIST, README)."""
-    if cost_loss == "mul#log" and argmax_cost > 1.5 * target:
+    if cost_loss == CostLoss.MUL_LOG and argmax_cost > 1.5 * target:
         return (
             "the cost term hardly constrained this search (mul#log is weak for raw counts); "
             "--cost-loss add#linear makes the probabilities themselves respect the target"
@@ -186,7 +198,58 @@ def undecided_note(probabilities: list[dict[str, float]]) -> str | None:
     )
 
 
-def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, started) -> dict:
+def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
+    """Search a network on `train.dataset` and write it to OUT (architecture only); the result."""
+    import torch
+
+    from mncli.data import canonical_name
+    from mncli.search.callback import make_callback
+    from mncli.search.cost import CostModel, check_target, fmt
+    from mncli.search.proxyless import ArchConfig, ArchitectureSearch
+    from mncli.search.supernet import SuperNet
+
+    started = time.time()
+    cfg = config.validate()
+    opts = train.resolved(**TRAIN_DEFAULTS).with_fallbacks()
+    if opts.dataset is None:
+        raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
+    if opts.epochs < 1:
+        raise BadInput(f"--epochs (search epochs after the warm-up) must be >= 1, got {opts.epochs}")
+    total = cfg.weights_warmup_epochs + opts.epochs
+    replace(opts, epochs=total).validate()  # the engine runs warm-up and search epochs as one
+    metric, target = cfg.metric_and_target()
+    torch.manual_seed(opts.seed)
+    data = opts.load_data()
+    space = build_space(cfg, data.in_channels, data.image_size, data.num_classes)
+    task = "imagenet" if canonical_name(opts.dataset) == "imagenet" else "cifar100"
+    supernet = SuperNet(space, seed=opts.seed, shared=cfg.shared_weights)
+    costs = CostModel(supernet, metric, task)
+    low, high = costs.minimum(), costs.maximum()
+    if target is None:
+        target = math.sqrt(low * high)
+        log(f"no target given: aiming at {fmt(target, metric)} {metric}, the middle of this space")
+    check_target(costs, target)
+    log(
+        f"search space: {len(supernet.mixed)} choice blocks, {metric} from {fmt(low, metric)} to "
+        f"{fmt(high, metric)}; target {fmt(target, metric)}"
+    )
+    if target > high:
+        log(f"the target is above the largest network of the space ({fmt(high, metric)}): nothing to trade")
+    arch_cfg = ArchConfig(
+        binary_mode=str(cfg.binary_mode), arch_lr=cfg.arch_lr, update_every=cfg.arch_every,
+        arch_steps=cfg.arch_steps, weights_warmup_epochs=cfg.weights_warmup_epochs,
+        loss=str(cfg.cost_loss), target=target,
+    )  # fmt: skip
+    search = ArchitectureSearch(supernet, costs, arch_cfg, seed=opts.seed)
+    callback = make_callback(search, cfg.weights_warmup_epochs, metric)
+    fitted = run_training(
+        supernet, opts, data, out=out, callbacks=[callback], phase="search", keep_best=False, epochs=total
+    )
+    return _derive_and_save(out, cfg, opts, supernet, costs, data, callback.history, target, task, fitted,
+                            started)  # fmt: skip
+
+
+def _derive_and_save(out, cfg, opts, supernet, costs, data, history, target, task, fitted, started) -> dict:
     import torch
 
     from mncli.bundle import Bundle, save_bundle
@@ -209,7 +272,7 @@ def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, 
     if note:
         log(note)
     device = next(supernet.parameters()).device
-    shared_acc = shared_weight_accuracy(supernet, data, result["indices"], device, cfg.seed)
+    shared_acc = shared_weight_accuracy(supernet, data, result["indices"], device, opts.seed)
     arch = result["arch"]
     with torch.device("meta"):
         model = build_model(arch)
@@ -229,9 +292,9 @@ def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, 
         "cost": metric,
         "task": task,
         "target": target,
-        "cost_loss": cfg.cost_loss,
+        "cost_loss": str(cfg.cost_loss),
         "fit_target": cfg.fit_target,
-        "binary_mode": cfg.binary_mode,
+        "binary_mode": str(cfg.binary_mode),
         "cost_range": [costs.minimum(), costs.maximum()],
         "expected_cost": result["expected_cost"],
         "argmax_cost": result["argmax_cost"],
@@ -245,28 +308,19 @@ def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, 
     metrics = {
         "score": score,
         "val_acc_shared_weights": shared_acc,
-        "search_epochs": cfg.epochs,
-        "warmup_epochs": cfg.warmup_epochs,
+        "search_epochs": opts.epochs,
+        "weights_warmup_epochs": cfg.weights_warmup_epochs,
         "wall_time_s": round(elapsed, 1),
     }
     if getattr(fitted, "history", None):
         metrics["history"] = fitted.history
     manifest = save_bundle(
-        Bundle(model=None, arch=arch),
-        cfg.out,
-        stage="search",
-        params=config_params(cfg),
-        metrics=metrics,
-        data=data.info,
-        seed=cfg.seed,
-        weights=False,
-        extra={"search": search_record},
-    )
-    from mncli.stages.train import remove_checkpoints
-
-    remove_checkpoints(train_options(cfg))
+        Bundle(model=None, arch=arch), out, stage="search", params={"train": opts.params(), **cfg.params()},
+        metrics=metrics, data=data.info, seed=opts.seed, weights=False, extra={"search": search_record},
+    )  # fmt: skip
+    remove_checkpoints(out)
     return {
-        "out": str(cfg.out),
+        "output": str(out),
         "arch": arch,
         "blocks": result["blocks"],
         "cost": metric,
@@ -279,31 +333,3 @@ def _derive_and_save(cfg, supernet, costs, data, history, target, task, fitted, 
         "wall_time_s": round(elapsed, 1),
         "content_sha256": manifest.get("content_sha256"),
     }
-
-
-def train_options(cfg: SearchConfig):
-    """The weight training as `mncli train` runs it (same data split, engine, checkpoints)."""
-    from mncli.stages.train import TrainOptions
-
-    return TrainOptions(
-        dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, subset=cfg.subset,
-        val_size=cfg.val_size, epochs=cfg.warmup_epochs + cfg.epochs, batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer, lr=cfg.lr, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing, augment=cfg.augment, device=cfg.device,
-        precision=cfg.precision, seed=cfg.seed, out=cfg.out, resume=cfg.resume,
-        max_steps_per_epoch=cfg.max_steps_per_epoch,
-    )  # fmt: skip
-
-
-def _fit(cfg: SearchConfig, supernet, data, callback):
-    from mncli.stages.train import run_training
-
-    opts = train_options(cfg)
-    return run_training(supernet, opts, data, callbacks=[callback], phase="search", keep_best=False)
-
-
-def config_params(cfg: SearchConfig) -> dict:
-    params = asdict(cfg)
-    for key in ("out", "data_dir"):
-        params[key] = None if params[key] is None else str(params[key])
-    return params

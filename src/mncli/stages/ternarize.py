@@ -1,72 +1,112 @@
 """Stage `ternarize`: TTQ (paper or MIT variant) or EC2T fine-tuning, baked into {-wn, 0, +wp} layers.
 
-run(config) -> result dict. With EC2T's grid, each point (ini_c x lambda_div) is its own run
-writing OUT.pointK.safetensors; `collect` keeps the point best on validation as OUT.
+`Ternarization(config)` is the CompressionMethod (`compression.run_stage` around it loads, measures
+and saves); `run(input, out, config, train)` is the file stage. With EC2T's grid each point
+(ini_c x lambda_div) is its own run writing OUT.pointK.safetensors; `collect` keeps the point best on
+validation as OUT.
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
+from mncli.stages.compression import Run, run_stage
+from mncli.stages.training import TrainOptions
+from mncli.text import fmt_pct, parse_choice
 
-METHODS = ("ttq", "ec2t")
-VARIANTS = ("paper", "mit")
-SELECT_BY = ("accuracy", "score")
+
+class TernaryMethod(StrEnum):
+    TTQ = "ttq"
+    EC2T = "ec2t"
+
+
+class TTQVariant(StrEnum):
+    PAPER = "paper"
+    MIT = "mit"
+
+
+class ScaleInit(StrEnum):
+    MEAN = "mean"
+    ONE = "one"
+
+
+class SelectBy(StrEnum):
+    ACCURACY = "accuracy"
+    SCORE = "score"
 
 
 @dataclass
 class TernarizeConfig:
-    input: Path
-    out: Path
-    dataset: str
-    method: str = "ttq"
-    variant: str = "paper"
+    """The options of `mncli ternarize` itself; None: the method's original default (compress.ternary)."""
+
+    method: TernaryMethod = TernaryMethod.TTQ
+    variant: TTQVariant = TTQVariant.PAPER
     threshold: float | None = None  # ttq: t of t*max|w| (0.05); mit: factor of mean|w| (0.7)
-    scale_init: str = "mean"  # ttq: Wp/Wn from the mean |w| of each side, or "one"
+    scale_init: ScaleInit = ScaleInit.MEAN  # ttq: Wp/Wn from the mean |w| of each side, or one
     layers: list[str] = field(default_factory=list)
     include_depthwise: bool = False
-    # training; None means the method's original default (compress.ttq / compress.ec2t)
-    epochs: int | None = None
-    retrain_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    scale_lr: float | None = None
-    latent_lr: float | None = None
-    centroid_lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    milestones: list[int] | None = None
-    teacher: Path | None = None  # knowledge distillation during the fine-tuning
-    # ec2t
-    ini_c: list[float] = field(default_factory=list)
+    retrain_epochs: int | None = None  # ec2t: epochs with the assignment frozen (20)
+    scale_lr: float | None = None  # ttq: LR of Wp/Wn (the training LR)
+    latent_lr: float | None = None  # ec2t: Adam LR of the fp weights (1e-4)
+    centroid_lr: float | None = None  # ec2t: Adam LR of the centroids (1e-5)
+    ini_c: list[float] = field(default_factory=list)  # ec2t: one value, or the grid's
     lambda_div: list[float] = field(default_factory=list)
     grid: bool = False
     point: int | None = None
     collect: bool = False
-    select_by: str = "accuracy"
+    select_by: SelectBy = SelectBy.ACCURACY
     tolerance: float = 0.005  # --select-by score: points within this val-accuracy drop of the best
-    resume: bool = False
-    # data and run
-    data_dir: Path | None = None
-    download: bool = False
-    subset: int | None = None
-    val_size: int | None = None
-    seed: int = 0
-    device: str = "auto"
+
+    def validate(self) -> TernarizeConfig:
+        self.method = parse_choice(TernaryMethod, self.method, "--method")
+        self.variant = parse_choice(TTQVariant, self.variant, "--variant")
+        self.scale_init = parse_choice(ScaleInit, self.scale_init, "--scale-init")
+        self.select_by = parse_choice(SelectBy, self.select_by, "--select-by")
+        ec2t = self.method is TernaryMethod.EC2T
+        if self.variant is not TTQVariant.PAPER and ec2t:
+            raise BadInput("--variant applies to --method ttq only", hint="drop --variant for ec2t")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise BadInput(
+                f"threshold {self.threshold} is outside (0, 1)", hint="TTQ uses 0.05, the MIT variant 0.7"
+            )
+        for c in self.ini_c:
+            if not 0.0 < c <= 1.0:
+                raise BadInput(f"ini_c {c} is outside (0, 1]", hint="EC2T's grid is 0.15,0.3,0.45,0.5")
+        for d in self.lambda_div:
+            if not d >= 0.0:
+                raise BadInput(f"lambda_div {d} is negative", hint="EC2T's grid is 0.125,0.15,0.175")
+        if not ec2t and (
+            self.grid or self.collect or self.point is not None or self.ini_c or self.lambda_div
+        ):
+            raise BadInput(
+                "--grid, --point, --collect, --ini-c and --lambda-div belong to --method ec2t",
+                hint="add --method ec2t",
+            )
+        if (self.point is not None or self.collect) and not self.grid:
+            raise BadInput("--point and --collect need --grid", hint="e.g. --grid --point 3")
+        if not self.grid and (len(self.ini_c) > 1 or len(self.lambda_div) > 1):
+            raise BadInput("several --ini-c / --lambda-div values need --grid", hint="add --grid")
+        last = len(grid_points(self)) - 1
+        if self.grid and self.point is not None and not 0 <= self.point <= last:
+            raise BadInput(f"--point {self.point} is outside the grid", hint=f"K = 0..{last}")
+        if self.retrain_epochs is not None and self.retrain_epochs < 0:
+            raise BadInput(
+                f"--retrain-epochs must be >= 0, got {self.retrain_epochs}", hint="e.g. --retrain-epochs 20"
+            )
+        return self
 
 
-def grid_points(cfg: TernarizeConfig) -> list[dict]:
+def grid_points(config: TernarizeConfig) -> list[dict]:
     """Grid points in a fixed order: ini_c outer, lambda_div inner (point K = index)."""
     from mncli.compress.ternary.ec2t import GRID_INI_C, GRID_LAMBDA_DIV
 
-    ini = cfg.ini_c or list(GRID_INI_C)
-    lam = cfg.lambda_div or list(GRID_LAMBDA_DIV)
+    ini = config.ini_c or list(GRID_INI_C)
+    lam = config.lambda_div or list(GRID_LAMBDA_DIV)
     return [{"ini_c": c, "lambda_div": d} for c, d in itertools.product(ini, lam)]
 
 
@@ -75,113 +115,233 @@ def point_path(out: Path, k: int) -> Path:
     return out.with_name(f"{out.stem}.point{k}{out.suffix or '.safetensors'}")
 
 
-def validate(cfg: TernarizeConfig) -> None:
-    if Path(cfg.out).resolve() == Path(cfg.input).resolve():
-        raise BadInput(
-            f"output {cfg.out} is the input file", hint="write to a new path; inputs are never modified"
+class Ternarization:
+    """TTQ (paper or MIT variant) or EC2T as a CompressionMethod; `point` K runs EC2T grid point K."""
+
+    stage = "ternarize"
+
+    def __init__(self, config: TernarizeConfig, point: int | None = None):
+        self.config = config.validate()
+        self.point = point
+
+    @property
+    def name(self) -> str:
+        """The method as the specs record it: ttq, ttq-mit or ec2t."""
+        if self.config.method is TernaryMethod.EC2T:
+            return "ec2t"
+        return "ttq-mit" if self.config.variant is TTQVariant.MIT else "ttq"
+
+    def defaults(self) -> dict:
+        """The method's original settings (compress.ternary.ttq / ec2t)."""
+        from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
+        from mncli.compress.ternary.ttq import MIT_DEFAULTS, TTQ_DEFAULTS
+
+        return {"ec2t": EC2T_DEFAULTS, "ttq-mit": MIT_DEFAULTS, "ttq": TTQ_DEFAULTS}[self.name]
+
+    def ec2t_point(self) -> tuple[float, float]:
+        """(ini_c, lambda_div) of this run: the grid point's, the one given, or EC2T's default."""
+        if self.point is not None:
+            point = grid_points(self.config)[self.point]
+            return point["ini_c"], point["lambda_div"]
+        from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
+
+        ini_c = self.config.ini_c[0] if self.config.ini_c else EC2T_DEFAULTS["ini_c"]
+        lambda_div = self.config.lambda_div[0] if self.config.lambda_div else EC2T_DEFAULTS["lambda_div"]
+        return ini_c, lambda_div
+
+    def threshold(self) -> float | None:
+        if self.config.method is TernaryMethod.EC2T:
+            return None
+        return self.config.threshold if self.config.threshold is not None else self.defaults()["threshold"]
+
+    def options(self, train: TrainOptions) -> TrainOptions:
+        d = self.defaults()
+        opts = train.resolved(
+            epochs=d["epochs"], batch_size=d["batch_size"], optimizer=d["optimizer"], lr=d["lr"],
+            momentum=d.get("momentum", 0.9), nesterov=d.get("nesterov", False),
+            weight_decay=d["weight_decay"], schedule=d["schedule"], step_gamma=d.get("gamma", 0.1),
+        )  # fmt: skip
+        # TTQ's step decays sit at the paper's fractions of the epochs (EC2T and MIT have none)
+        fractions = d.get("milestone_fractions", ())
+        return opts.resolved(
+            milestones=tuple(float(m) for m in sorted({round(f * opts.epochs) for f in fractions}))
         )
-    if cfg.method not in METHODS:
-        raise BadInput(f"unknown method {cfg.method!r}", hint="use --method ttq or --method ec2t")
-    if cfg.variant not in VARIANTS:
-        raise BadInput(f"unknown variant {cfg.variant!r}", hint="use --variant paper or --variant mit")
-    if cfg.variant != "paper" and cfg.method != "ttq":
-        raise BadInput("--variant applies to --method ttq only")
-    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
-        raise BadInput(
-            f"threshold {cfg.threshold} is outside (0, 1)", hint="TTQ uses 0.05, the MIT variant 0.7"
+
+    def layers(self, model) -> list[str]:
+        from mncli.compress.ternary.common import select_ternary_layers
+
+        return select_ternary_layers(
+            model, self.config.layers or None, include_depthwise=self.config.include_depthwise
         )
-    for c in cfg.ini_c:
-        if not 0.0 < c <= 1.0:
-            raise BadInput(f"ini_c {c} is outside (0, 1]", hint="EC2T's grid is 0.15,0.3,0.45,0.5")
-    for d in cfg.lambda_div:
-        if not d >= 0.0:
-            raise BadInput(f"lambda_div {d} is negative", hint="EC2T's grid is 0.125,0.15,0.175")
-    if cfg.method != "ec2t" and (
-        cfg.grid or cfg.collect or cfg.point is not None or cfg.ini_c or cfg.lambda_div
-    ):
-        raise BadInput("--grid, --point, --collect, --ini-c and --lambda-div belong to --method ec2t")
-    if (cfg.point is not None or cfg.collect) and not cfg.grid:
-        raise BadInput("--point and --collect need --grid", hint="e.g. --grid --point 3")
-    if not cfg.grid and (len(cfg.ini_c) > 1 or len(cfg.lambda_div) > 1):
-        raise BadInput("several --ini-c / --lambda-div values need --grid")
-    if cfg.grid and cfg.point is not None and not 0 <= cfg.point < len(grid_points(cfg)):
-        raise BadInput(f"--point {cfg.point} is outside the grid (0..{len(grid_points(cfg)) - 1})")
-    if cfg.scale_init not in ("mean", "one"):
+
+    def check(self, model, specs: dict, arch: dict, options: TrainOptions) -> None:
+        names = self.layers(model)
+        already = [n for n, s in specs.items() if (s.get("weight") or {}).get("format") == "ternary"]
+        if already:
+            raise BadInput(
+                f"the input is already ternary ({len(already)} layers, e.g. {already[0]})",
+                hint="ternarize the full-precision or pruned artifact it was made from",
+            )
+        for name in names:
+            weight = specs.get(name, {}).get("weight") or {}
+            if weight.get("format", "float") != "float" or int(weight.get("bits", 32)) < 32:
+                raise BadInput(
+                    f"layer {name} is already {weight.get('format')} {weight.get('bits')}-bit",
+                    hint="ternarize before quantize; exclude the layer with --layers '!NAME'",
+                )
+
+    def apply(self, run: Run) -> dict:
+        from mncli.compress.prune.callbacks import keep_pruned
+        from mncli.compress.prune.masks import kept_masks
+        from mncli.compress.ternary.common import bake, ternary_specs
+
+        names = self.layers(run.model)
+        masks = kept_masks(run.model, run.specs, names)  # pruned layers it ternarizes keep their zeros
+        # pruned layers that stay full precision (depthwise, stem...) keep theirs too
+        keep = keep_pruned(run.model, {n: s for n, s in run.specs.items() if n not in names})
+        log(f"ternarizing {len(names)} layers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+        layers = self._attach(run.model, names, masks)
+        training = self._train(run, layers, [keep] if keep is not None else [])
+        if keep is not None:
+            keep.close()
+        stats = bake(run.model, layers)
+        run.specs = ternary_specs(run.specs, stats, self.name, {})
+        nnz = sum(s["nnz"] for s in stats.values())
+        numel = sum(s["numel"] for s in stats.values())
+        summary = {
+            "method": self.name,
+            "ternary_layers": len(stats),
+            "ternary_weights": numel,
+            "ternary_nonzeros": nnz,
+            "ternary_sparsity": 1.0 - nnz / numel,
+            "pruned_layers_kept": sorted(masks),
+        }
+        if self.config.method is TernaryMethod.EC2T:
+            summary["ini_c"], summary["lambda_div"] = self.ec2t_point()
+        else:
+            summary["threshold"] = self.threshold()
+        run.record = summary
+        return {
+            **summary,
+            **ternary_bytes(run.model, run.specs, list(stats)),
+            "layers": {n: {k: s[k] for k in ("numel", "sparsity", "wp", "wn")} for n, s in stats.items()},
+            "metrics": {"ternary_sparsity": summary["ternary_sparsity"], "training": training},
+        }
+
+    def params(self) -> dict:
+        record = {k: (str(v) if isinstance(v, Enum) else v) for k, v in asdict(self.config).items()}
+        record["ini_c"], record["lambda_div"] = self.ec2t_point()
+        if self.point is not None:
+            record.update(grid_point=self.point, grid=grid_points(self.config))
+        return record
+
+    def _attach(self, model, names: list[str], masks: dict) -> dict:
+        from mncli.compress.ternary.common import attach
+        from mncli.compress.ternary.ec2t import EC2TWeight, make_layers_decay
+        from mncli.compress.ternary.ttq import MITTernaryWeight, TTQWeight
+
+        if self.config.method is TernaryMethod.EC2T:
+            ini_c, lambda_div = self.ec2t_point()
+            decay = make_layers_decay(model, names)
+            return attach(model, names, lambda n, w: EC2TWeight(w, ini_c, lambda_div, decay[n], masks.get(n)))
+        threshold = self.threshold()
+        if self.config.variant is TTQVariant.MIT:
+            return attach(model, names, lambda n, w: MITTernaryWeight(w, threshold, masks.get(n)))
+        init = str(self.config.scale_init)
+        return attach(model, names, lambda n, w: TTQWeight(w, threshold, masks.get(n), init=init))
+
+    def _train(self, run: Run, layers: dict, keep: list) -> dict:
+        from mncli.compress.ternary.ec2t import EC2TCallback
+        from mncli.compress.ternary.ttq import TTQCallback
+
+        c, d, epochs = self.config, self.defaults(), run.options.epochs
+        if c.method is not TernaryMethod.EC2T:
+            scale_lr = c.scale_lr if c.scale_lr is not None else run.options.lr
+            callback = TTQCallback(run.model, layers, scale_lr)
+            return {"scale_lr": scale_lr, "fit": _fit(run, [callback, *keep], "ttq", epochs)}
+        latent_lr = c.latent_lr if c.latent_lr is not None else d["latent_lr"]
+        centroid_lr = c.centroid_lr if c.centroid_lr is not None else d["centroid_lr"]
+        record: dict = {"latent_lr": latent_lr, "centroid_lr": centroid_lr}
+        phase1 = EC2TCallback(run.model, layers, latent_lr, centroid_lr)
+        record["fit"] = _fit(run, [phase1, *keep], "ec2t", epochs)
+        retrain = c.retrain_epochs if c.retrain_epochs is not None else d["retrain_epochs"]
+        phase2 = EC2TCallback(run.model, layers, latent_lr, centroid_lr, retrain=True)  # assignment frozen
+        record["retrain"] = _fit(run, [phase2, *keep], "retrain", retrain)
+        record["retrain_epochs"] = retrain
+        return record
+
+
+def _fit(run: Run, callbacks: list, phase: str, epochs: int) -> dict:
+    if epochs == 0:
+        return {"epochs": 0}
+    result = run.train(callbacks, epochs=epochs, phase=phase)
+    return {"epochs": epochs, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+            "history": result.history}  # fmt: skip
+
+
+def ternary_bytes(model, specs: dict, names: list[str]) -> dict:
+    """Bytes the artifact spends on the ternary weights vs. the MicroNet charge (n + 2*nnz bits + 2
+    scales), from the same encoding the file stores."""
+    from mncli.artifact import codec
+
+    modules = dict(model.named_modules())
+    stored = charged = 0.0
+    for name in names:
+        key = f"{name}.weight::"
+        tensors = codec.encode_state({f"{name}.weight": modules[name].weight.detach()}, {name: specs[name]})
+        stored += sum(t.numel() * t.element_size() for k, t in tensors.items() if not k.endswith("::shape"))
+        spec = specs[name]
+        numel = int(tensors[f"{key}shape"].prod())
+        nnz = round(numel * (1.0 - spec["sparsity"]))
+        mask_bits = numel if spec["mask"] else 0
+        charged += (mask_bits + 2 * nnz) / 8 + 2 * tensors[f"{key}wp"].element_size()
+    return {"ternary_bytes": int(stored), "ternary_bytes_charged": round(charged, 1)}
+
+
+def run(input: Path, out: Path, config: TernarizeConfig, train: TrainOptions) -> dict:
+    """The file stage: one ternarization, or EC2T's grid (every point, one --point, or --collect)."""
+    config.validate()
+    if Path(out).resolve() == Path(input).resolve():
         raise BadInput(
-            f"unknown --scale-init {cfg.scale_init!r}", hint="mean (from the trained weights) or one"
+            f"output {out} is the input file", hint="write to a new path; inputs are never modified"
         )
-    if cfg.select_by not in SELECT_BY:
-        raise BadInput(f"unknown --select-by {cfg.select_by!r}", hint="accuracy or score")
-    for name in ("epochs", "retrain_epochs", "batch_size"):
-        value = getattr(cfg, name)
-        if value is not None and value < (1 if name == "batch_size" else 0):
-            raise BadInput(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if not config.grid:
+        return _run_one(Ternarization(config), input, Path(out), train)
+    if config.collect:
+        return collect(input, out, config)
+    if config.point is not None:
+        return _run_point(input, out, config, train, config.point)
+    for k in range(len(grid_points(config))):
+        _run_point(input, out, config, train, k)
+    return collect(input, out, config)
 
 
-def run(cfg: TernarizeConfig) -> dict:
-    validate(cfg)
-    if cfg.method == "ec2t" and cfg.grid:
-        if cfg.collect:
-            return collect(cfg)
-        if cfg.point is not None:
-            return run_point(cfg, cfg.point)
-        for k in range(len(grid_points(cfg))):
-            run_point(cfg, k)
-        return collect(cfg)
-    return run_once(cfg, out=Path(cfg.out))
+def _run_point(input: Path, out: Path, config: TernarizeConfig, train: TrainOptions, k: int) -> dict:
+    point = grid_points(config)[k]
+    log(f"grid point {k}: ini_c {point['ini_c']}, lambda_div {point['lambda_div']}")
+    return _run_one(Ternarization(config, point=k), input, point_path(out, k), train)
 
 
-def _single(values: list[float], default: float) -> float:
-    return values[0] if values else default
-
-
-def run_once(
-    cfg: TernarizeConfig,
-    *,
-    out: Path,
-    ini_c: float | None = None,
-    lambda_div: float | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """One ternarization: load, fine-tune with ternary layers, bake, evaluate, score, save."""
-    from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
-    from mncli.stages.ternarize_run import ternarize
-
-    started = time.time()
-    ini_c = _single(cfg.ini_c, EC2T_DEFAULTS["ini_c"]) if ini_c is None else ini_c
-    lambda_div = _single(cfg.lambda_div, EC2T_DEFAULTS["lambda_div"]) if lambda_div is None else lambda_div
-    result = ternarize(cfg, ini_c=ini_c, lambda_div=lambda_div, out=out, extra=extra)
-    result["wall_time_s"] = round(time.time() - started, 1)
+def _run_one(method: Ternarization, input: Path, out: Path, train: TrainOptions) -> dict:
+    result = run_stage(method, input, out, train)
     log(
         f"{out}: {result['ternary_layers']} ternary layers ({result['method']}), "
-        f"test acc {_pct(result['test_acc_before'])} -> {_pct(result['test_acc'])}, "
+        f"test acc {fmt_pct(result['test_acc_before'])} -> {fmt_pct(result['test_acc'])}, "
         f"sparsity {result['ternary_sparsity']:.3f}, score {result['score']}"
     )
     return result
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def run_point(cfg: TernarizeConfig, k: int) -> dict:
-    point = grid_points(cfg)[k]
-    log(f"grid point {k}: ini_c {point['ini_c']}, lambda_div {point['lambda_div']}")
-    return run_once(
-        cfg, out=point_path(cfg.out, k), extra={"grid_point": k, "grid": grid_points(cfg)}, **point
-    )
-
-
-def collect(cfg: TernarizeConfig) -> dict:
+def collect(input: Path, out: Path, config: TernarizeConfig) -> dict:
     """Keep the grid point best on validation (accuracy, or the lowest score within --tolerance of the
     best accuracy) and write it as OUT; the manifest lists every point found."""
     from mncli.artifact import read_manifest
     from mncli.bundle import load_bundle, save_bundle
 
-    source = read_manifest(cfg.input).get("content_sha256")
+    source = read_manifest(input).get("content_sha256")
     rows = []
-    for k, point in enumerate(grid_points(cfg)):
-        path = point_path(cfg.out, k)
+    for k, point in enumerate(grid_points(config)):
+        path = point_path(out, k)
         if not path.exists():
             continue
         manifest = read_manifest(path)
@@ -196,14 +356,15 @@ def collect(cfg: TernarizeConfig) -> dict:
                      "score": score})  # fmt: skip
     if not rows:
         raise BadInput(
-            f"no grid point outputs next to {cfg.out}",
-            hint=f"run the points first: mncli ternarize ... --grid --point K -o {cfg.out}"
-            f" (K = 0..{len(grid_points(cfg)) - 1})",
+            f"no grid point outputs next to {out}",
+            hint=f"run the points first: mncli ternarize ... --grid --point K -o {out}"
+            f" (K = 0..{len(grid_points(config)) - 1})",
         )
     best_acc = max(r["val_acc"] or 0.0 for r in rows)
-    if cfg.select_by == "score":
+    select_by = str(config.select_by)
+    if config.select_by is SelectBy.SCORE:
         eligible = [
-            r for r in rows if (r["val_acc"] or 0.0) >= best_acc - cfg.tolerance and r["score"] is not None
+            r for r in rows if (r["val_acc"] or 0.0) >= best_acc - config.tolerance and r["score"] is not None
         ]
         best = min(
             eligible or rows,
@@ -214,23 +375,16 @@ def collect(cfg: TernarizeConfig) -> dict:
     bundle = load_bundle(best["path"])
     m = bundle.manifest
     manifest = save_bundle(
-        bundle, cfg.out, stage="ternarize", params={**m.get("params", {}), "select_by": cfg.select_by},
+        bundle, out, stage="ternarize", params={**m.get("params", {}), "select_by": select_by},
         metrics=m.get("metrics"), data=m.get("data"), seed=m.get("seed"),
         compression={k: v for k, v in m.get("compression", {}).items() if k != "layers"},
-        extra={"grid": {"points": rows, "chosen": best["point"], "select_by": cfg.select_by}},
+        extra={"grid": {"points": rows, "chosen": best["point"], "select_by": select_by}},
     )  # fmt: skip
     log(f"grid: {len(rows)} points, kept point {best['point']} (ini_c {best['ini_c']}, "
-               f"lambda_div {best['lambda_div']}, val acc {_pct(best['val_acc'])})")  # fmt: skip
+        f"lambda_div {best['lambda_div']}, val acc {fmt_pct(best['val_acc'])})")  # fmt: skip
     return {
-        "output": str(cfg.out),
+        "output": str(out),
         "chosen": best,
         "points": rows,
         "content_sha256": manifest.get("content_sha256"),
     }
-
-
-def config_params(cfg: TernarizeConfig) -> dict:
-    params = asdict(cfg)
-    for key in ("input", "out", "data_dir", "teacher"):
-        params[key] = None if params[key] is None else str(params[key])
-    return params

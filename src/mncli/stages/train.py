@@ -1,221 +1,187 @@
-"""`mncli train`, and the shared way every training stage turns its command-line options into a run.
+"""Stage `train`: train a registered architecture from scratch, or continue an artifact.
 
-For other stages (prune, ternarize, quantize, search, scale) -- keep the command thin:
-
-    from mncli.stages.train import TrainOptions, run_training, final_metrics
-
-    opts = TrainOptions(dataset="fashion-mnist", epochs=10, lr=0.01, out=out, resume=resume, ...)
-    data = opts.load_data()                      # train / val (held out, split seed 0) / lazy test
-    result = run_training(model, opts, data, callbacks=[my_callback], phase="finetune")
-    metrics = final_metrics(model, data, result)  # val/test top-1 and top-5, history, runtime
-
-`TrainOptions` holds exactly the options `mncli train` has (dataset, data dir, download, subset,
-val size, epochs, batch size, optimiser, lr, schedule, warm-up, weight decay, label smoothing, grad
-clip, augmentation, teacher, KD weights, device, precision, seed, out, resume); `opts.config()`
-makes the engine's TrainConfig, `opts.params()` the manifest's record of them. `run_training` loads
-the teacher (checking its classes), checkpoints to OUT.ckpt/<phase>/ (resumable), and loads the
-best-on-validation weights into the model (keep_best=True). `check_model_fits_data` refuses a model
-whose classes or channels do not match the dataset. `remove_checkpoints(opts)` deletes OUT.ckpt/
-once the output artifact is written. Under torchrun only rank 0 may write (engine.runtime.distributed_env).
+`train_model` is the in-memory core (the Python API's `mncli.train`): it trains a model on loaded
+data with the training options; layers an earlier stage pruned keep their zeros (the mask mechanism
+holds weights and gradients), fp16 layers are rounded back to half precision at the end. `run` is the
+file stage around it: architecture or input artifact in, OUT with metrics and score out.
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mncli.errors import BadInput
 from mncli.log import log
-
-SPLIT_SEED = 0  # every stage holds out the same validation images, whatever its training seed
-
-
-@dataclass
-class TrainOptions:
-    dataset: str
-    data_dir: Path | None = None
-    download: bool = False
-    subset: int | None = None
-    val_size: int | None = None
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0
-    augment: str | None = None  # "default", "none" or "crop=4,flip,cutout=8"
-    teacher: Path | None = None
-    kd_temperature: float = 2.0
-    kd_student_weight: float = 0.5
-    kd_distill_weight: float = 0.5
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    out: Path | None = None
-    resume: bool = False
-    max_steps_per_epoch: int | None = None
-    extra: dict = field(default_factory=dict)
-
-    def config(self, **overrides: Any):
-        """The engine's TrainConfig (validated: a negative lr etc. is BadInput)."""
-        from mncli.engine import TrainConfig
-
-        cfg = TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-            momentum=self.momentum, schedule=self.schedule, warmup_epochs=self.warmup_epochs,
-            weight_decay=self.weight_decay, label_smoothing=self.label_smoothing, grad_clip=self.grad_clip,
-            seed=self.seed, device=self.device, precision=self.precision,
-            kd_temperature=self.kd_temperature, kd_student_weight=self.kd_student_weight,
-            kd_distill_weight=self.kd_distill_weight, max_steps_per_epoch=self.max_steps_per_epoch,
-        )  # fmt: skip
-        for key, value in overrides.items():
-            setattr(cfg, key, value)
-        return cfg.validate()
-
-    def validate(self) -> TrainOptions:
-        from mncli.data import canonical_name
-
-        canonical_name(self.dataset)
-        self.config()
-        self.augmentation()
-        if self.subset is not None and self.subset <= 0:
-            raise BadInput(f"--subset must be positive, got {self.subset}", hint="e.g. --subset 2000")
-        if self.val_size is not None and self.val_size < 0:
-            raise BadInput(f"--val-size must be >= 0, got {self.val_size}", hint="e.g. --val-size 5000")
-        if self.teacher is not None and not Path(self.teacher).is_file():
-            raise BadInput(f"teacher {self.teacher} not found", hint="give a trained .safetensors artifact")
-        return self
-
-    def augmentation(self):
-        from mncli.data import default_augment, parse_augment
-
-        return parse_augment(self.augment, default_augment(self.dataset))
-
-    def load_data(self, image_size: int | None = None):
-        from mncli.data import load_data
-
-        return load_data(
-            self.dataset, data_dir=self.data_dir, download=self.download, val_size=self.val_size,
-            seed=SPLIT_SEED, subset=self.subset, batch_size=self.batch_size,
-            augment=self.augmentation(), image_size=image_size,
-        )  # fmt: skip
-
-    def ckpt_dir(self, phase: str | None = None) -> Path | None:
-        from mncli.engine import ckpt_dir_for
-
-        if self.out is None:
-            return None
-        folder = ckpt_dir_for(self.out)
-        return folder / phase if phase else folder
-
-    def params(self) -> dict:
-        """The manifest's record of the run's options (paths as strings)."""
-        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        for key in ("out", "resume", "download", "data_dir", "extra"):
-            record.pop(key, None)
-        record["augment"] = self.augmentation().to_dict()
-        record["split_seed"] = SPLIT_SEED
-        return record
-
-
-def check_model_fits_data(arch: dict, data, what: str = "the model") -> None:
-    """BadInput when the architecture's classes or input channels differ from the dataset's."""
-    args = arch.get("args", {})
-    for key, have in (("num_classes", data.num_classes), ("in_channels", data.in_channels)):
-        if key in args and int(args[key]) != int(have):
-            raise BadInput(
-                f"{what} has {key}={args[key]} but {data.name} has {have}",
-                hint=f"train a new model: mncli train --arch {arch.get('name')} --dataset {data.name} -o OUT",
-            )
-
-
-def load_teacher(path: Path | None, data):
-    if path is None:
-        return None
-    from mncli.bundle import load_bundle
-
-    bundle = load_bundle(path)
-    check_model_fits_data(bundle.arch, data, what=f"teacher {path}")
-    return bundle.model
-
-
-def run_training(model, opts: TrainOptions, data, *, callbacks=(), phase: str | None = None,
-                 keep_best: bool = True, **config_overrides: Any):  # fmt: skip
-    """One engine run with the common options; the best-on-validation weights end up in `model`."""
-    from mncli.engine import fit
-
-    cfg = opts.config(keep_best=keep_best, **config_overrides)
-    teacher = load_teacher(opts.teacher, data)
-    resume_hint = "run the same command again with --resume"
-    resume = opts.resume and _has_checkpoint(opts.ckpt_dir(phase))
-    if opts.resume and not resume:
-        log(f"no checkpoint in {opts.ckpt_dir(phase)}; starting from the beginning")
-    result = fit(
-        model, data, cfg, callbacks=list(callbacks), teacher=teacher, ckpt_dir=opts.ckpt_dir(phase),
-        resume=resume, resume_hint=resume_hint,
-    )  # fmt: skip
-    if keep_best and result.best_state is not None:
-        model.load_state_dict(result.best_state)
-    return result
-
-
-def _has_checkpoint(folder: Path | None) -> bool:
-    from mncli.engine.checkpoint import FILE
-
-    return folder is not None and (folder / FILE).is_file()
-
-
-def final_metrics(model, data, result=None, *, device=None, test: bool = True) -> dict:
-    """Validation and test top-1/top-5/loss of `model`, plus the run's history and runtime."""
-    import torch
-
-    from mncli.engine import evaluate
-
-    device = device or next(model.parameters(), torch.empty(0)).device
-    metrics: dict[str, Any] = {}
-    splits = [("val", data.val)] + ([("test", data.test)] if test else [])
-    for name, split in splits:
-        if split is not None and len(split) > 0:
-            scores = evaluate(model, split, device)
-            metrics.update({f"{name}_acc": scores["top1"], f"{name}_top5": scores["top5"],
-                            f"{name}_loss": scores["loss"]})  # fmt: skip
-    if result is not None:
-        metrics.update(
-            epochs_run=len(result.history), best_epoch=result.best_epoch, history=result.history,
-            wall_time_s=round(result.wall_time, 1), runtime=result.runtime,
-            train_seconds=round(sum(h["seconds"] for h in result.history), 1),
-            images_per_s=_mean_rate(result.history),
-        )  # fmt: skip
-    return metrics
-
-
-def _mean_rate(history: list[dict]) -> float:
-    return round(sum(h["images_per_s"] for h in history) / max(1, len(history)), 1)
-
-
-def remove_checkpoints(opts: TrainOptions) -> None:
-    folder = opts.ckpt_dir()
-    if folder is not None and folder.is_dir():
-        shutil.rmtree(folder, ignore_errors=True)
+from mncli.stages.training import (
+    TrainOptions,
+    check_model_fits_data,
+    final_metrics,
+    remove_checkpoints,
+    run_training,
+)
 
 
 @dataclass
 class TrainStageConfig:
-    options: TrainOptions
+    """The train command's own options: a new model (`arch`, `arch_opts`) or an input artifact, and
+    whether the best-on-validation epoch (default) or the last one is kept."""
+
     arch: str | None = None
     arch_opts: dict = field(default_factory=dict)
-    input: Path | None = None
     keep_best: bool = True
 
 
-def run(config: TrainStageConfig) -> dict:
-    """Train a new model (`arch`) or continue an artifact (`input`); save OUT with metrics and score."""
-    from mncli.stages.train_run import train
+def train_model(model, data, train: TrainOptions, *, specs: dict | None = None, out: Path | None = None,
+                keep_best: bool = True):  # fmt: skip
+    """Train `model` in place on `data` (a DataBundle); returns the engine's FitResult.
 
-    return train(config)
+    `specs` are the model's per-layer compression specs: pruned layers ("mask": true) keep their
+    zeros, fp16 layers end rounded to half precision. With `out`, checkpoints go to OUT.ckpt/.
+    """
+    from mncli.compress.prune.callbacks import keep_pruned
+
+    specs = specs or {}
+    kept = keep_pruned(model, specs)
+    result = run_training(model, train, data, out=out, callbacks=[kept] if kept else [], keep_best=keep_best)
+    if kept is not None:
+        kept.masker.apply()
+    _round_fp16_layers(model, specs)
+    return result
+
+
+def _round_fp16_layers(model, specs: dict) -> None:
+    import torch
+
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, spec in specs.items():
+            if spec.get("weight", {}).get("format") == "float" and int(spec["weight"].get("bits", 32)) == 16:
+                weight = modules[name].weight
+                weight.copy_(weight.half().float())
+
+
+def _bundle_from_input(path: Path, config: TrainStageConfig, seed: int):
+    import torch
+
+    from mncli.bundle import load_bundle
+
+    torch.manual_seed(seed)  # an architecture-only input is initialised here
+    bundle = load_bundle(path, require_weights=False)
+    locked = {
+        name: spec["weight"]["format"]
+        for name, spec in bundle.specs.items()
+        if spec.get("weight", {}).get("format") in ("ternary", "int")
+    }
+    if locked:
+        name, fmt = next(iter(locked.items()))
+        raise BadInput(
+            f"{path} has {fmt} weights (e.g. {name}); plain training would destroy them",
+            hint="fine-tune it with the stage that made it (mncli ternarize / mncli quantize)",
+        )
+    if config.arch_opts:
+        raise BadInput("--arch-opt applies to --arch only", hint="an input artifact keeps its architecture")
+    return bundle
+
+
+def _new_bundle(config: TrainStageConfig, data, seed: int):
+    import torch
+
+    from mncli.bundle import bundle_from_arch
+
+    args = dict(config.arch_opts)
+    args.setdefault("num_classes", data.num_classes)
+    args.setdefault("in_channels", data.in_channels)
+    args.setdefault("input_size", data.image_size)
+    torch.manual_seed(seed)
+    return bundle_from_arch(config.arch, args)
+
+
+def _dataset(input: Path | None, config: TrainStageConfig, asked: str | None) -> str:
+    """The dataset asked for, else the input's, else the one the architecture is built for."""
+    from mncli.models import default_dataset
+    from mncli.stages.evaluate import dataset_for_input
+
+    if input is not None:
+        return dataset_for_input(input, asked)
+    dataset = asked or (default_dataset(config.arch, config.arch_opts) if config.arch else None)
+    if not dataset:
+        raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
+    return dataset
+
+
+def _check_input_size(arch: dict, data) -> None:
+    size = arch.get("args", {}).get("input_size")
+    if size is not None and int(size) != int(data.image_size):
+        raise BadInput(
+            f"the model takes {size} px inputs but {data.name} images are {data.image_size} px",
+            hint="choose a model built for this dataset (see `mncli models`)",
+        )
+
+
+def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOptions) -> dict[str, Any]:
+    """Train `config.arch` from scratch or continue INPUT; save OUT with metrics and score."""
+    from mncli.bundle import save_bundle
+    from mncli.engine.runtime import distributed_env
+    from mncli.stages.compression import input_image_size
+
+    opts = replace(train, dataset=_dataset(input, config, train.dataset)).validate()
+    if (config.arch is None) == (input is None):
+        raise BadInput(
+            "give either an input artifact or --arch NAME", hint="e.g. mncli train --arch lenet5 ..."
+        )
+    bundle = _bundle_from_input(input, config, opts.seed) if input is not None else None
+    data = opts.load_data(image_size=input_image_size(bundle.arch, opts.dataset) if bundle else None)
+    if bundle is None:
+        bundle = _new_bundle(config, data, opts.seed)
+    check_model_fits_data(
+        bundle.arch, data, what=str(input) if input is not None else f"--arch {config.arch}"
+    )
+    _check_input_size(bundle.arch, data)
+    model = bundle.model
+    params = sum(p.numel() for p in model.parameters())
+    rank, _, world = distributed_env()
+    if rank == 0:
+        log(
+            f"training {bundle.arch['name']} ({params:,} parameters) on {data.name}: "
+            f"{len(data.train):,} train / {len(data.val):,} val images, {opts.epochs} epochs"
+        )
+    result = train_model(model, data, opts, specs=bundle.specs, out=out, keep_best=config.keep_best)
+    if rank != 0:
+        _leave_group(world)
+        return {"rank": rank}
+    metrics = final_metrics(model, data, result)
+    model.cpu().eval()
+    record = {"train": opts.params(), "arch": bundle.arch["name"], "arch_opts": config.arch_opts,
+              "keep_best": config.keep_best, "input": None if input is None else str(input)}  # fmt: skip
+    manifest = save_bundle(
+        bundle, out, stage="train", params=record, metrics=metrics, data=data.info, seed=opts.seed
+    )
+    remove_checkpoints(out)
+    _leave_group(world)
+    score = manifest.get("metrics", {}).get("score") or {}
+    return {
+        "output": str(out),
+        "arch": bundle.arch["name"],
+        "dataset": data.name,
+        "params": params,
+        "epochs": opts.epochs,
+        "best_epoch": result.best_epoch,
+        "val_acc": metrics.get("val_acc"),
+        "test_acc": metrics.get("test_acc"),
+        "test_top5": metrics.get("test_top5"),
+        "score": score.get("score"),
+        "ops": score.get("ops"),
+        "wall_time_s": metrics.get("wall_time_s"),
+        "images_per_s": metrics.get("images_per_s"),
+        "runtime": result.runtime,
+    }
+
+
+def _leave_group(world: int) -> None:
+    import torch
+
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

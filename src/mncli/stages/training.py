@@ -18,7 +18,7 @@ uses it, the same field in `engine.config.TrainConfig`.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,21 @@ class TrainOptions:
     seed: int | None = _option(0, "--seed", help="Random seed (initialisation, data order).")
     resume: bool = _option(
         False, "--resume",
-        help="Continue from OUT.ckpt/, where an interrupted run of the same command stopped "
-        "(without a checkpoint there, start from the beginning).",
+        help="Continue where an interrupted run of the same command stopped, from the checkpoint "
+        "beside its output (OUT.ckpt/; a grid point's beside its point file); without one, start "
+        "from the beginning.",
     )  # fmt: skip
+
+    @classmethod
+    def unset(cls, **given: Any) -> TrainOptions:
+        """Options whose training fields are all None but those `given`, so that a stage's and a
+        method's defaults apply to the rest (what the command line does; see `resolved`)."""
+        blank = {f.name: None for f in fields(cls) if f.metadata["panel"] == TRAINING and f.name != "resume"}
+        return cls(**{**blank, **given})
+
+    def with_fallbacks(self) -> TrainOptions:
+        """A copy whose remaining None fields take the field defaults declared here."""
+        return self.resolved(**{f.name: f.default for f in fields(self) if f.default is not MISSING})
 
     def resolved(self, **defaults: Any) -> TrainOptions:
         """A copy whose None fields take `defaults` (the stage's or the method's)."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from mncli.compress.prune.agp import AGPSchedule
-from mncli.compress.prune.masks import Masker
+from mncli.compress.prune.masks import Masker, kept_masks
 from mncli.compress.prune.reweighted_l1 import ReweightedL1
 from mncli.engine.callbacks import Callback as _Base
 
@@ -178,3 +178,12 @@ class ReweightedL1Callback(_Base):
         if state.get("reweights"):
             self.regulariser.reweights = dict(state["reweights"])
             self.regulariser.rounds = int(state.get("rounds", 1))
+
+
+def keep_pruned(model, specs: dict[str, dict]) -> MaskCallback | None:
+    """The callback that keeps an input's pruned zeros at zero while any stage trains it: masks
+    re-applied around every step and the gradients of masked weights zeroed. None when nothing is pruned."""
+    keep = kept_masks(model, specs)
+    if not keep:
+        return None
+    return MaskCallback(Masker(model, [], fixed={name: ~mask for name, mask in keep.items()}))

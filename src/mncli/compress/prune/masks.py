@@ -71,6 +71,20 @@ def global_magnitude_masks(
     return masks
 
 
+def kept_masks(
+    model: nn.Module, specs: dict[str, dict], names: Iterable[str] | None = None
+) -> dict[str, Tensor]:
+    """Keep-masks (True where a weight may be non-zero) of the layers an earlier stage pruned: those
+    whose spec says `"mask": true`, optionally only among `names`. The one place this is computed."""
+    modules = dict(model.named_modules())
+    wanted = set(specs) if names is None else set(names)
+    return {
+        name: modules[name].weight.detach() != 0
+        for name, spec in specs.items()
+        if name in wanted and isinstance(spec, dict) and spec.get("mask") and name in modules
+    }
+
+
 def sparsity_of(tensor: Tensor) -> float:
     """Fraction of exact zeros."""
     return float((tensor == 0).sum()) / max(1, tensor.numel())

@@ -1,8 +1,10 @@
 """The three unstructured pruning methods as drivers around a training function.
 
-Each driver gets a `train(callbacks, epochs, phase) -> None` function from the stage (which owns
-data, optimiser settings and checkpoints), so the methods here know only masks and schedules.
-Every call of `train` builds a fresh optimiser: reweighted L1's retraining phase depends on it.
+Each driver gets a `train(callbacks, *, epochs, phase, keep_best=True)` function from the stage
+(`compression.Run.train`, which owns data, optimiser settings and checkpoints), so the methods here
+know only masks and schedules. Every call of `train` builds a fresh optimiser: reweighted L1's
+retraining phase depends on it. After each call the masks are applied once more (the kept weights
+went through them already; this makes it certain).
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from mncli.compress.prune.agp import AGPSchedule
 from mncli.compress.prune.callbacks import MaskCallback, ReweightedL1Callback
 from mncli.compress.prune.masks import Masker
 from mncli.compress.prune.reweighted_l1 import ReweightedL1
+from mncli.log import log
 
-TrainFn = Callable[..., None]  # train(callbacks, epochs, phase, keep_best=True)
-Log = Callable[[str], None]
+TrainFn = Callable[..., object]  # train(callbacks, *, epochs, phase, keep_best=True)
 
 
-def _log_pruned(masker: Masker, log: Log, when: str) -> None:
+def _train(train: TrainFn, masker: Masker, callbacks: list, epochs: int, phase: str, keep_best: bool = True):
+    train(callbacks, epochs=epochs, phase=phase, keep_best=keep_best)
+    masker.apply()
+
+
+def _log_pruned(masker: Masker, when: str) -> None:
     target, achieved = masker.overall()
     log(f"{when}: sparsity target {target:.4f} achieved {achieved:.4f} over {len(masker.masks)} layers")
 
@@ -31,7 +38,6 @@ def run_agp(
     schedule: AGPSchedule,
     train: TrainFn,
     epochs: int,
-    log: Log,
     *,
     global_sparsity: float | None = None,
 ) -> dict:
@@ -44,7 +50,7 @@ def run_agp(
         log=log,
     )
     try:
-        train([callback], epochs, "agp")
+        _train(train, masker, [callback], epochs, "agp")
     finally:
         callback.close()
     if callback.last_pruned is None or callback.last_pruned < schedule.start + schedule.span:
@@ -59,7 +65,6 @@ def run_magnitude(
     targets: dict[str, float],
     train: TrainFn,
     epochs: int,
-    log: Log,
     *,
     global_sparsity: float | None = None,
 ) -> dict:
@@ -68,11 +73,11 @@ def run_magnitude(
         masker.prune_global(list(targets), global_sparsity)
     else:
         masker.prune_to(targets)
-    _log_pruned(masker, log, "one-shot pruning")
+    _log_pruned(masker, "one-shot pruning")
     callback = MaskCallback(masker, log=log)
     try:
         if epochs > 0:
-            train([callback], epochs, "finetune")
+            _train(train, masker, [callback], epochs, "finetune")
     finally:
         callback.close()
     return {"history": callback.history}
@@ -85,7 +90,6 @@ def run_reweighted_l1(
     train: TrainFn,
     epochs: int,
     retrain_epochs: int,
-    log: Log,
     *,
     lam: float,
     eps: float,
@@ -99,15 +103,15 @@ def run_reweighted_l1(
     phase1 = ReweightedL1Callback(regulariser, milestones, lr_boost=lr_boost, log=log)
     try:
         if epochs > 0:
-            train([phase1, keep_fixed], epochs, "regularise", keep_best=False)
+            _train(train, masker, [phase1, keep_fixed], epochs, "regularise", keep_best=False)
     finally:
         keep_fixed.close()
     masker.prune_to(targets, keep_current=True)
-    _log_pruned(masker, log, "hard pruning after the regularised phase")
+    _log_pruned(masker, "hard pruning after the regularised phase")
     retrain = MaskCallback(masker, log=log)
     try:
         if retrain_epochs > 0:
-            train([retrain], retrain_epochs, "retrain")
+            _train(train, masker, [retrain], retrain_epochs, "retrain")
     finally:
         retrain.close()
     return {

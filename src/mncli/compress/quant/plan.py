@@ -1,5 +1,5 @@
 """Which bits each layer gets: command-line defaults, first/last layer at 8 bits, recipe overrides, and
-what earlier stages decided (ternary weights stay ternary, masks stay).
+what earlier stages decided (ternary weights stay ternary; masks stay, see `qat`).
 
 Bits: 2-8 are integer codes, 16 is IEEE half precision for real, 32 leaves the tensor as it is.
 """
@@ -37,7 +37,6 @@ class LayerPlan:
     act_bits: int  # 2-8 int codes, 16 fp16, 32 none
     per_channel: bool = False
     ternary: bool = False  # weights stay ternary; only the activations are quantized
-    masked: bool = False  # pruned zeros stay zero
 
     @property
     def int_weight(self) -> bool:
@@ -90,7 +89,6 @@ def plan_layers(
         spec = specs.get(name, {})
         weight_spec = spec.get("weight") or {}
         plan.ternary = weight_spec.get("format") == "ternary"
-        plan.masked = bool(spec.get("mask"))
         if fp16:
             plan.weight_bits = 16 if plan.weight_bits == 32 else plan.weight_bits
             plan.act_bits = 16 if plan.act_bits == 32 else plan.act_bits

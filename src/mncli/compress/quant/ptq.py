@@ -17,8 +17,6 @@ from torch import nn
 
 from mncli.models.quantized import qrange, quantize_to_codes
 
-CALIBRATIONS = ("minmax", "percentile")
-DEFAULT_PERCENTILE = 99.99
 _SAMPLE_PER_BATCH = 65536
 
 

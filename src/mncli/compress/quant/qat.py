@@ -3,7 +3,8 @@
 `prepare_qat` wraps each planned layer for quantization-aware training (LSQ, PACT or DoReFa);
 `prepare_ptq` sets post-training values and scales directly; `bake` turns the trained model into
 real values (int weights = code * scale, deployed act quantizers) and returns the layer specs;
-`apply_fp16` rounds what stays float to half precision for real.
+`apply_fp16` rounds what stays float to half precision for real. Layers the input has pruned (spec
+"mask": true, `kept_masks`) keep their zeros in both the trained and the post-training codes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mncli.compress.prune.masks import kept_masks
 from mncli.compress.quant import intweights
 from mncli.compress.quant.actquant import bake_act_quantizers
 from mncli.compress.quant.dorefa import DorefaAct, DorefaWeight
@@ -26,8 +28,6 @@ from mncli.compress.quant.ptq import InputStats, act_scale, weight_scale_and_cod
 from mncli.errors import RuntimeFailure
 from mncli.models import quantized
 from mncli.models.quantized import ActQuantizer, attach
-
-METHODS = ("lsq", "pact", "dorefa")
 
 
 @dataclass
@@ -45,19 +45,21 @@ class QuantParams:
                 p.clamp_(min=1e-4)
 
 
-def _mask_of(module: nn.Module, plan: LayerPlan) -> torch.Tensor | None:
-    return (module.weight.detach() != 0).to(module.weight.dtype) if plan.masked else None
-
-
 def _signed(stats: dict[str, InputStats], name: str) -> bool:
     return stats[name].signed if name in stats else True
 
 
 def prepare_qat(
-    model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, InputStats], method: str
+    model: nn.Module,
+    plans: dict[str, LayerPlan],
+    stats: dict[str, InputStats],
+    method: str,
+    specs: dict[str, dict],
 ) -> QuantParams:
-    """Wrap weights and attach training act quantizers; returns their trainable tensors."""
+    """Wrap weights and attach training act quantizers; returns their trainable tensors. `specs` are
+    the input's layer specs: its pruned layers' zeros stay zero through training."""
     modules = dict(model.named_modules())
+    masks = kept_masks(model, specs, plans)
     params = QuantParams()
     for name, plan in plans.items():
         module = modules[name]
@@ -66,7 +68,8 @@ def prepare_qat(
         elif plan.int_weight:
             weight_cls = LsqWeight if method == "lsq" else DorefaWeight
             quantizer = weight_cls(module.weight.detach(), plan.weight_bits, per_channel=plan.per_channel)
-            intweights.wrap_weight(module, quantizer, _mask_of(module, plan))
+            mask = masks[name].to(module.weight.dtype) if name in masks else None
+            intweights.wrap_weight(module, quantizer, mask)
             if method == "lsq":
                 params.scales.append(quantizer.scale)
         if plan.int_act:
@@ -94,17 +97,20 @@ def prepare_ptq(
     stats: dict[str, InputStats],
     calibration: str,
     percentile: float,
+    specs: dict[str, dict],
 ) -> None:
-    """Post-training quantization: calibrated weights and activation scales, no training."""
+    """Post-training quantization: calibrated weights and activation scales, no training. `specs` are
+    the input's layer specs: its pruned layers' zeros stay zero."""
     modules = dict(model.named_modules())
+    masks = kept_masks(model, specs, plans)
     for name, plan in plans.items():
         module = modules[name]
         if plan.int_weight:
             scale, codes = weight_scale_and_codes(
                 module.weight, plan.weight_bits, plan.per_channel, calibration, percentile
             )
-            if plan.masked:
-                codes = codes * (module.weight.detach() != 0).to(codes.dtype)
+            if name in masks:
+                codes = codes * masks[name].to(codes.dtype)
             quantized.set_int_weight(module, scale, codes)
         if plan.int_act:
             signed = _signed(stats, name)

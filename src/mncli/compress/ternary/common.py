@@ -43,12 +43,6 @@ def select_ternary_layers(
     return names
 
 
-def pruning_masks(model: nn.Module, specs: dict[str, dict], names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Keep masks of layers that an earlier stage pruned: True where a weight may be non-zero."""
-    modules = dict(model.named_modules())
-    return {n: modules[n].weight.detach() != 0 for n in names if specs.get(n, {}).get("mask")}
-
-
 class TernaryParametrization(nn.Module):
     """Base of the ternary parametrizations; `mask` (bool, optional) pins pruned weights to zero."""
 
