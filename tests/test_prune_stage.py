@@ -2,6 +2,7 @@
 files, channel-pruned artifacts that reload, and bad input refused with exit 2."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -232,3 +233,21 @@ def test_method_prunes_in_memory_without_files():
     assert specs["conv2"]["mask"] and specs["conv2"]["target_sparsity"] == 0.6
     assert run.record["method"] == "magnitude" and "layers" not in run.record
     assert method.params()["method"] == "magnitude"
+
+
+@pytest.mark.parametrize("command", ["prune", "train", "ternarize", "quantize"])
+def test_an_output_that_is_the_input_under_another_name_is_refused_before_any_work(tmp_path, capsys, command):
+    path = _artifact(tmp_path)
+    link = tmp_path / "link.safetensors"
+    os.link(path, link)
+    before = path.read_bytes()
+    extra = ["--sparsity", "0.5"] if command == "prune" else []
+    code = main([command, str(path), "-d", DATA, "-o", str(link), "--epochs", "1", *extra])
+    assert code == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.manifest.json",
+        "in.safetensors",
+        "link.safetensors",
+    ]

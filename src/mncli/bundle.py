@@ -106,13 +106,24 @@ def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
     )
 
 
-def score_summary(model: nn.Module, specs: dict, arch: dict, dataset: str | None) -> dict | None:
-    """The MicroNet score of a model, as recorded in manifests (params, ops, score, task)."""
-    from mncli.data import canonical_name
+def arch_score(arch: dict, dataset: str | None) -> dict:
+    """The MicroNet score of an architecture without weights (counted on the meta device)."""
+    import torch
+
+    from mncli.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch)
+    return score_summary(model, {}, arch, dataset)
+
+
+def score_summary(model: nn.Module, specs: dict, arch: dict, dataset: str | None) -> dict:
+    """The MicroNet score of a model, as recorded in manifests (params, mults, adds, ops, score, task)."""
+    from mncli.data import scoring_task
     from mncli.models import input_shape
     from mncli.scoring import score_model
 
-    task = canonical_name(dataset) if dataset else "cifar100"
+    task = scoring_task(dataset)
     report = score_model(model, specs, input_shape=input_shape(arch), task=task)
     keys = ("params", "mults", "adds", "ops", "score")
     summary = {k: report[k] for k in keys if k in report}
@@ -140,13 +151,10 @@ def save_bundle(
     specs; `extra` adds top-level manifest sections (a search's probabilities, a grid's points).
     The score is recorded under metrics["score"] unless the caller already put it there.
     """
-    from mncli.artifact import codec, lineage_from, new_manifest, parent_entry, save_artifact
+    from mncli.artifact import check_output, codec, lineage_from, new_manifest, parent_entry, save_artifact
 
     out = Path(out)
-    if bundle.path is not None and out.resolve() == Path(bundle.path).resolve():
-        raise BadInput(
-            f"output {out} is the input file", hint="write to a new path; inputs are never modified"
-        )
+    check_output(out, bundle.path)
     metrics = dict(metrics or {})
     tensors = {}
     if weights and bundle.model is not None:

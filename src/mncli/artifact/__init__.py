@@ -5,6 +5,7 @@ See docs/artifact-format.md.
     save_artifact(path, tensors, manifest) -> manifest      atomic; adds content_sha256; writes the sidecar
     load_artifact(path) -> (tensors, manifest)              checks schema and content hash
     read_manifest(path) -> manifest                         header only
+    check_output(out, *inputs)                              BadInput when OUT would overwrite an input
     verify_artifact(path) -> report                         hash, schema, tensors, sidecar, parents, lineage
     file_report(path) -> dict                               stored bytes per tensor and per weight
     pack_bits / unpack_bits                                 sub-byte codes <-> uint8
@@ -13,13 +14,21 @@ See docs/artifact-format.md.
 
 from mncli.artifact import codec
 from mncli.artifact.hashing import content_sha256
-from mncli.artifact.io import file_report, load_artifact, read_manifest, save_artifact, sidecar_path
+from mncli.artifact.io import (
+    check_output,
+    file_report,
+    load_artifact,
+    read_manifest,
+    save_artifact,
+    sidecar_path,
+)
 from mncli.artifact.manifest import FORMAT, lineage_from, new_manifest, parent_entry
 from mncli.artifact.packing import pack_bits, unpack_bits
 from mncli.artifact.verify import verify_artifact
 
 __all__ = [
     "FORMAT",
+    "check_output",
     "codec",
     "content_sha256",
     "file_report",

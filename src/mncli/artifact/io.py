@@ -39,6 +39,24 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- writing
 
 
+def check_output(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """BadInput when OUT is one of the inputs (the same path, or a hard link to the same file):
+    a stage never writes over what it reads. Stages call it before any work."""
+    out = Path(out)
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given)
+        same = out.resolve() == source.resolve()
+        if not same and out.exists() and source.exists():
+            same = os.path.samefile(out, source)
+        if same:
+            raise BadInput(
+                f"output {out} is the input file {source}",
+                hint="write to a new path; inputs are never modified",
+            )
+
+
 def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a fsynced temporary file beside `path`; on any failure remove it again."""
     fd, tmp = make_temporary(path)

@@ -12,7 +12,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import OUTPUT, InputArtifact, Json
-from mncli.errors import BadInput, RuntimeFailure
+from mncli.errors import RuntimeFailure
 from mncli.text import fmt_num
 
 HELP = "\n\n".join(
@@ -70,14 +70,12 @@ def _torch_export(model, example, name: str):
 def export_model(inp: Path, out: Path, fmt: ExportFormat | str) -> dict:
     import torch
 
+    from mncli.artifact import check_output
     from mncli.bundle import load_bundle
+    from mncli.text import parse_choice
 
-    try:
-        fmt = ExportFormat(fmt)
-    except ValueError:
-        raise BadInput(f"unknown export format {fmt!r}", hint="use " + " or ".join(ExportFormat)) from None
-    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
-        raise BadInput(f"output {out} is the input file", hint="write to a new path")
+    fmt = parse_choice(ExportFormat, fmt, "--format")
+    check_output(out, inp)
     bundle = load_bundle(inp)
     model = bundle.model.eval()
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}

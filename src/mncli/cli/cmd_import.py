@@ -47,13 +47,12 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
+        from mncli.artifact import check_output
         from mncli.bundle import Bundle, save_bundle
-        from mncli.errors import BadInput
         from mncli.models import create_model, parse_arch_opts
         from mncli.models.checkpoint import compare_state_dict, fit_state_dict, read_state_dict
 
-        if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
-            raise BadInput(f"output {out} is the input checkpoint", hint="write to a new .safetensors path")
+        check_output(out, checkpoint)
         state, notes = read_state_dict(checkpoint)
         if notes["stripped_prefixes"]:
             log(f"stripped key prefixes: {', '.join(notes['stripped_prefixes'])}")

@@ -23,8 +23,6 @@ from torch import nn
 
 from mncli.errors import BadInput
 
-ROLES = ("stem", "classifier", "shortcut", "depthwise", "se", "conv", "linear")
-
 
 def load_recipe(path: Path, allowed_keys: Iterable[str]) -> dict[str, dict]:
     """Read a recipe file into {pattern: settings}; unknown keys are refused."""

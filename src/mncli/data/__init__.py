@@ -8,7 +8,14 @@ data.test                                                           # read from 
 """
 
 from mncli.data.augment import Augment, parse_augment
-from mncli.data.datasets import DATASETS, DataBundle, canonical_name, default_augment, load_data
+from mncli.data.datasets import (
+    DATASETS,
+    DataBundle,
+    canonical_name,
+    default_augment,
+    load_data,
+    scoring_task,
+)
 
 __all__ = [
     "Augment",
@@ -18,4 +25,5 @@ __all__ = [
     "default_augment",
     "load_data",
     "parse_augment",
+    "scoring_task",
 ]

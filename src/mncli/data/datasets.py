@@ -77,6 +77,12 @@ def canonical_name(name: str) -> str:
     return base
 
 
+def scoring_task(dataset: str | None) -> str:
+    """The task a network for `dataset` is scored as: the dataset's canonical name (mncli.scoring
+    scores the ones without constants of their own against cifar100's, saying so), cifar100 when none."""
+    return canonical_name(dataset) if dataset else "cifar100"
+
+
 def default_augment(name: str) -> Augment:
     return DEFAULT_AUGMENT[canonical_name(name)]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from mncli.errors import BadInput
 
@@ -38,7 +38,6 @@ class TrainConfig:
     keep_best: bool = True  # best-on-validation weights in FitResult.best_state
     max_steps_per_epoch: int | None = None  # cap for quick trials and benchmarks
     drop_last: bool = True  # no tiny last batch (BatchNorm statistics suffer from it)
-    extra: dict = field(default_factory=dict)  # free-form values a stage wants in the manifest
 
     def validate(self) -> TrainConfig:
         def bad(option: str, value, hint: str) -> BadInput:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -30,7 +30,6 @@ class FitResult:
     runtime: dict
     wall_time: float
     steps: int
-    extra: dict = field(default_factory=dict)
 
 
 def fit(

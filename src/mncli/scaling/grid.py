@@ -15,27 +15,11 @@ def point_path(out: Path, index: int) -> Path:
     return out.with_name(f"{name}.point{index}.safetensors")
 
 
-def task_for(dataset: str | None) -> str:
-    return "imagenet" if dataset == "imagenet" else "cifar100"
-
-
 def resolution_fixed(arch: dict, dataset: str | None) -> bool:
     from mncli.models import default_dataset
 
     name = dataset or default_dataset(arch["name"], arch.get("args", {})) or ""
     return name.split(":")[0] in FIXED_RESOLUTION
-
-
-def score_arch(arch: dict, task: str) -> dict:
-    import torch
-
-    from mncli.models import build_model, input_shape
-    from mncli.scoring import score_model
-
-    with torch.device("meta"):
-        model = build_model(arch)
-    report = score_model(model, {}, input_shape=input_shape(arch), task=task)
-    return {**{k: report[k] for k in ("params", "mults", "adds", "ops", "score")}, "task": task}
 
 
 def over_budget(score: dict, budget_ops: float | None, budget_params: float | None) -> str | None:
@@ -46,11 +30,13 @@ def over_budget(score: dict, budget_ops: float | None, budget_params: float | No
     return None
 
 
-def scaled_point(arch: dict, point: GridPoint, phi: float, fixed: bool, task: str) -> dict:
+def scaled_point(arch: dict, point: GridPoint, phi: float, fixed: bool, dataset: str | None) -> dict:
+    from mncli.bundle import arch_score
+
     depth, width, resolution = point.multipliers(phi)
     scaled = scale_arch(arch, depth, width, 1.0 if fixed else resolution)
     record = point.to_dict(phi)
-    record.update({"arch": scaled, "resolution_fixed": fixed, "score": score_arch(scaled, task)})
+    record.update({"arch": scaled, "resolution_fixed": fixed, "score": arch_score(scaled, dataset)})
     return record
 
 

@@ -95,9 +95,11 @@ def run_stage(method: CompressionMethod, input: Path, out: Path, train: TrainOpt
     The dataset is the one `train` names, else the one the input was trained on."""
     import torch
 
+    from mncli.artifact import check_output
     from mncli.bundle import Bundle, load_bundle, save_bundle
     from mncli.engine.runtime import resolve_device
 
+    check_output(out, input)
     started = time.time()
     train = replace(train, dataset=dataset_for_input(input, train.dataset))
     opts = method.options(train).with_fallbacks().validate()

@@ -96,7 +96,7 @@ class _Stage:
             EFFICIENTNET_GAMMA,
             GridPoint,
         )
-        from mncli.scaling.grid import over_budget, resolution_fixed, scaled_point, task_for
+        from mncli.scaling.grid import over_budget, resolution_fixed, scaled_point
 
         cfg, dataset = self.cfg, self.opts.dataset
         point = GridPoint(
@@ -110,7 +110,7 @@ class _Stage:
         fixed = resolution_fixed(self.source.arch, dataset)
         if fixed and point.gamma != 1.0:
             log(f"resolution is fixed by the dataset: gamma {point.gamma:g} is not applied")
-        record = scaled_point(self.source.arch, point, cfg.phi, fixed, task_for(dataset))
+        record = scaled_point(self.source.arch, point, cfg.phi, fixed, dataset)
         reason = over_budget(record["score"], cfg.budget_ops, cfg.budget_params)
         if reason:
             raise BadInput(
@@ -143,15 +143,14 @@ class _Stage:
     def _plan(self) -> tuple[list[dict], str]:
         """Every point's scaled arch, cost and budget verdict; BadInput when no point fits the budget."""
         from mncli.scaling.compound import grid_points, parse_grid
-        from mncli.scaling.grid import grid_id, over_budget, resolution_fixed, scaled_point, task_for
+        from mncli.scaling.grid import grid_id, over_budget, resolution_fixed, scaled_point
 
         cfg, arch = self.cfg, self.source.arch
         raw = parse_grid(cfg.grid_points)
         fixed = resolution_fixed(arch, self.opts.dataset)
-        task = task_for(self.opts.dataset)
         records = []
         for point in grid_points(raw):
-            record = scaled_point(arch, point, cfg.phi, fixed, task)
+            record = scaled_point(arch, point, cfg.phi, fixed, self.opts.dataset)
             reason = over_budget(record["score"], cfg.budget_ops, cfg.budget_params)
             record["status"] = "over budget" if reason else "pending"
             record["over_budget"] = reason

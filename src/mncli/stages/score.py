@@ -59,9 +59,9 @@ class ScoreConfig:
 
 
 def _check_dataset(dataset: str) -> str:
-    from mncli.data import canonical_name  # synthetic:classes=..,shape=.. scores as synthetic
+    from mncli.data import scoring_task  # synthetic:classes=..,shape=.. scores as synthetic
 
-    return canonical_name(dataset)
+    return scoring_task(dataset)
 
 
 def arch_args_for(name: str, dataset: str, opts: dict[str, Any]) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     """Search a network on `train.dataset` and write it to OUT (architecture only); the result."""
     import torch
 
-    from mncli.data import canonical_name
+    from mncli.data import scoring_task
     from mncli.search.callback import make_callback
     from mncli.search.cost import CostModel, check_target, fmt
     from mncli.search.proxyless import ArchConfig, ArchitectureSearch
@@ -221,7 +221,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     torch.manual_seed(opts.seed)
     data = opts.load_data()
     space = build_space(cfg, data.in_channels, data.image_size, data.num_classes)
-    task = "imagenet" if canonical_name(opts.dataset) == "imagenet" else "cifar100"
+    task = scoring_task(opts.dataset)
     supernet = SuperNet(space, seed=opts.seed, shared=cfg.shared_weights)
     costs = CostModel(supernet, metric, task)
     low, high = costs.minimum(), costs.maximum()
@@ -250,11 +250,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
 
 
 def _derive_and_save(out, cfg, opts, supernet, costs, data, history, target, task, fitted, started) -> dict:
-    import torch
-
-    from mncli.bundle import Bundle, save_bundle
-    from mncli.models import build_model
-    from mncli.scoring import score_model
+    from mncli.bundle import Bundle, arch_score, save_bundle
     from mncli.search.cost import fmt
     from mncli.search.derive import derive, shared_weight_accuracy
 
@@ -274,12 +270,7 @@ def _derive_and_save(out, cfg, opts, supernet, costs, data, history, target, tas
     device = next(supernet.parameters()).device
     shared_acc = shared_weight_accuracy(supernet, data, result["indices"], device, opts.seed)
     arch = result["arch"]
-    with torch.device("meta"):
-        model = build_model(arch)
-    shape = (arch["args"]["in_channels"], arch["args"]["input_size"], arch["args"]["input_size"])
-    report = score_model(model, {}, input_shape=shape, task=task)
-    score = {k: report[k] for k in ("params", "mults", "adds", "ops", "score")}
-    score["task"] = task
+    score = arch_score(arch, opts.dataset)
     derived = result["derived_cost"]
     within = abs(derived - target) / target
     if within > 0.2:

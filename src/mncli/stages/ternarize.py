@@ -300,11 +300,10 @@ def ternary_bytes(model, specs: dict, names: list[str]) -> dict:
 
 def run(input: Path, out: Path, config: TernarizeConfig, train: TrainOptions) -> dict:
     """The file stage: one ternarization, or EC2T's grid (every point, one --point, or --collect)."""
+    from mncli.artifact import check_output
+
     config.validate()
-    if Path(out).resolve() == Path(input).resolve():
-        raise BadInput(
-            f"output {out} is the input file", hint="write to a new path; inputs are never modified"
-        )
+    check_output(out, input)
     if not config.grid:
         return _run_one(Ternarization(config), input, Path(out), train)
     if config.collect:

@@ -122,10 +122,12 @@ def _check_input_size(arch: dict, data) -> None:
 
 def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOptions) -> dict[str, Any]:
     """Train `config.arch` from scratch or continue INPUT; save OUT with metrics and score."""
+    from mncli.artifact import check_output
     from mncli.bundle import save_bundle
     from mncli.engine.runtime import distributed_env
     from mncli.stages.compression import input_image_size
 
+    check_output(out, input)
     opts = replace(train, dataset=_dataset(input, config, train.dataset)).validate()
     if (config.arch is None) == (input is None):
         raise BadInput(
