@@ -85,3 +85,28 @@ def test_quiet_after_the_subcommand_silences_logs(capsys):
         assert is_quiet()
     finally:
         set_verbosity()
+
+
+def test_training_options_hand_the_command_one_trainoptions_with_its_defaults():
+    from typer.testing import CliRunner
+
+    from mncli.cli.options import training_options
+
+    seen = {}
+    demo = typer.Typer()
+
+    @demo.command()
+    @training_options(epochs=3, lr=None, help_lr="Peak LR (default: the method's).")
+    def run(name: str = "x", *, train: TrainOptions) -> None:
+        seen.update(name=name, train=train)
+
+    runner = CliRunner()
+    assert runner.invoke(demo, ["--name", "y", "--milestones", "2,4", "--no-nesterov"]).exit_code == 0
+    train = seen["train"]
+    assert seen["name"] == "y" and train.epochs == 3 and train.lr is None and train.seed == 0
+    assert train.milestones == (2.0, 4.0) and train.nesterov is False
+    assert runner.invoke(demo, []).exit_code == 0
+    assert seen["train"].nesterov is None and seen["train"].milestones is None
+    assert "the method's" in runner.invoke(demo, ["--help"]).output
+    bad = runner.invoke(demo, ["--milestones", "2,x"])
+    assert bad.exit_code != 0

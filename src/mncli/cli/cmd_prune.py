@@ -61,9 +61,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             method_option("--layers", help="Layers to prune, a glob (repeatable; '!pat' excludes)."),
         ] = None,
-        include_depthwise: Annotated[
-            bool, method_option("--include-depthwise/--exclude-depthwise", help="Prune depthwise convs too.")
-        ] = True,
+        exclude_depthwise: Annotated[
+            bool,
+            method_option("--exclude-depthwise", help="Leave depthwise convs dense (pruned by default)."),
+        ] = False,
         recipe: Recipe = None,
         initial_sparsity: Annotated[
             float, method_option("--initial-sparsity", help="AGP: sparsity of the first pruning step.")
@@ -134,7 +135,7 @@ def register(app: typer.Typer) -> None:
             method=method, sparsity=sparsity, initial_sparsity=initial_sparsity, start=start, end=end,
             freq=freq, unit=unit, global_threshold=global_threshold, structured=structured,
             channel_ratio=channel_ratio, criterion=criterion, recipe=recipe, layers=list(layers or []),
-            include_depthwise=include_depthwise, rl1_lambda=rl1_lambda, rl1_eps=rl1_eps,
+            include_depthwise=not exclude_depthwise, rl1_lambda=rl1_lambda, rl1_eps=rl1_eps,
             reweight_at=parse_list(reweight_at, int, "--reweight-at", "8,16"), lr_boost=lr_boost,
             retrain_epochs=retrain_epochs,
         )  # fmt: skip

@@ -77,13 +77,14 @@ def register(app: typer.Typer) -> None:
                 "add#linear: CE + 0.1 * (E\\[cost] - target) / target.",
             ),
         ] = CostLoss.MUL_LOG,
-        fit_target: Annotated[
+        argmax: Annotated[
             bool,
             method_option(
-                "--fit-target/--argmax",
-                help="Derive the most probable network within [0.8, 1] x target, or keep the argmax one.",
+                "--argmax",
+                help="Keep the most likely op per block, instead of the most probable network within "
+                "[0.8, 1] x target.",
             ),
-        ] = True,
+        ] = False,
         widths: Annotated[
             str | None, method_option("--widths", help="Output channels per stage, e.g. 16,32,48,64.")
         ] = None,
@@ -164,7 +165,7 @@ def register(app: typer.Typer) -> None:
             ops=parse_list(ops, str, "--ops", "k3_e3,k5_e6,zero") or None,
             stem_channels=stem_channels, stem_stride=stem_stride, head_channels=head_channels,
             se_ratio=se_ratio, act=act, cost=cost, target_ops=target_ops, target_params=target_params,
-            target_score=target_score, cost_loss=cost_loss, fit_target=fit_target,
+            target_score=target_score, cost_loss=cost_loss, fit_target=not argmax,
             shared_weights=shared_weights, binary_mode=binary_mode, arch_lr=arch_lr, arch_every=arch_every,
             arch_steps=arch_steps, weights_warmup_epochs=weights_warmup_epochs,
         )  # fmt: skip

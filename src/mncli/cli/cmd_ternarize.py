@@ -36,14 +36,14 @@ HELP = "\n\n".join(
 def register(app: typer.Typer) -> None:
     @app.command("ternarize", help=HELP)
     @training_options(
-        epochs=None, batch_size=None, lr=None, optimizer=None, momentum=None, nesterov=None,
+        epochs=None, batch_size=None, lr=None, optimizer=None, momentum=None,
         weight_decay=None, schedule=None, milestones=None, step_gamma=None,
         help_epochs="Fine-tuning epochs (default: ttq 20, mit 30, ec2t 20).",
         help_batch_size="Batch size per process (default 128).",
         help_lr="Peak learning rate (default: ttq 0.1, mit 0.01, ec2t 1e-4 for the non-ternary weights).",
         help_optimizer="sgd, adam or adamw (default: ttq and mit sgd, ec2t adam).",
         help_momentum="SGD momentum (default 0.9).",
-        help_nesterov="Nesterov momentum for SGD (default: ttq off, mit on).",
+        help_nesterov="Plain momentum for SGD instead of Nesterov's (default: ttq plain, mit Nesterov).",
         help_weight_decay="Weight decay, not on BatchNorm, biases or scales (default: ttq 2e-4, mit 1e-4, "
         "ec2t 5e-6).",
         help_schedule="cosine, onecycle, step or constant (default: ttq step, mit cosine, ec2t constant).",

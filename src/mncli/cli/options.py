@@ -59,7 +59,7 @@ def _hints() -> dict[str, typing.Any]:
 
 def _cli_type(name: str) -> typing.Any:
     meta = _field(name).metadata
-    return str | None if meta["parse"] is not None else _hints()[name]
+    return meta["cli"][0] if meta["parse"] is not None else _hints()[name]
 
 
 def _field(name: str):
@@ -74,8 +74,18 @@ def train_option(name: str, help: str | None = None, panel: str | None = None) -
     return Annotated[_cli_type(name), option]
 
 
-def _default(name: str) -> typing.Any:
+def _panel(annotation: typing.Any) -> str | None:
+    return next((getattr(m, "rich_help_panel", None) for m in typing.get_args(annotation)[1:]), None)
+
+
+def _cli_default(name: str, defaults: dict) -> typing.Any:
+    """The command's default for an option; for a parsed option, what the command line holds when
+    the option is not given (parse(that) is the field's "not given", None)."""
     f = _field(name)
+    if f.metadata["parse"] is not None:
+        return f.metadata["cli"][1]
+    if name in defaults:
+        return defaults[name]
     return f.default_factory() if f.default is MISSING else f.default
 
 
@@ -97,14 +107,14 @@ def training_options(**defaults: typing.Any) -> Callable:
         signature = inspect.signature(command)
         hints = typing.get_type_hints(command, include_extras=True)  # resolve `from __future__` strings
         own = [
-            p.replace(annotation=hints.get(p.name, p.annotation))
+            p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
             for p in signature.parameters.values()
             if p.name != "train"
         ]
         added = [
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=train_option(name, helps.get(name)),
-                default=defaults.get(name, _default(name)),
+                default=_cli_default(name, defaults),
             )
             for name in names
         ]  # fmt: skip
@@ -118,7 +128,10 @@ def training_options(**defaults: typing.Any) -> Callable:
                     values[name] = parse(values[name])
             return command(*args, train=TrainOptions(**values), **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=[*own, *added])
+        # --help lists the panels in this order: the command's own options, Data, Training, Output.
+        output = [p for p in own if _panel(p.annotation) == OUTPUT]
+        rest = [p for p in own if p not in output]
+        wrapper.__signature__ = signature.replace(parameters=[*rest, *added, *output])
         return wrapper
 
     return decorate

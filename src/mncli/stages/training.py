@@ -29,10 +29,11 @@ SPLIT_SEED = 0  # every stage holds out the same validation images, whatever its
 DATA, TRAINING = "Data", "Training"
 
 
-def _option(default: Any, *flags: str, help: str, panel: str = TRAINING, parse: Any = None) -> Any:
-    """A TrainOptions field: its default, command-line flags, help and panel (`parse` turns the
-    command-line text into the field's value, for list options)."""
-    metadata = {"flags": flags, "help": help, "panel": panel, "parse": parse}
+def _option(default: Any, *flags: str, help: str, panel: str = TRAINING, parse: Any = None,
+            cli: tuple[Any, Any] = (str | None, None)) -> Any:  # fmt: skip
+    """A TrainOptions field: its default, command-line flags, help and panel. `parse` turns what the
+    command line gives into the field's value; `cli` is then that option's (type, default)."""
+    metadata = {"flags": flags, "help": help, "panel": panel, "parse": parse, "cli": cli}
     if isinstance(default, list | tuple):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -43,6 +44,10 @@ def _milestones(text: str | None) -> tuple[float, ...] | None:
 
     values = parse_list(text, float, "--milestones", "10,15")
     return None if values is None else tuple(values)
+
+
+def _off_when_given(flag: bool) -> bool | None:
+    return False if flag else None
 
 
 @dataclass
@@ -73,7 +78,11 @@ class TrainOptions:
     optimizer: str | None = _option("sgd", "--optimizer", help="sgd (nesterov), adam or adamw.")
     lr: float | None = _option(0.1, "--lr", help="Peak learning rate.")
     momentum: float | None = _option(0.9, "--momentum", help="SGD momentum.")
-    nesterov: bool | None = _option(True, "--nesterov/--no-nesterov", help="Nesterov momentum for SGD.")
+    nesterov: bool | None = _option(
+        None, "--no-nesterov", parse=_off_when_given, cli=(bool, False),
+        help="Plain momentum for SGD instead of Nesterov's (default: Nesterov, unless the method "
+        "says otherwise).",
+    )  # fmt: skip
     weight_decay: float | None = _option(
         5e-4, "--weight-decay", "--wd", help="Weight decay (not on BatchNorm, biases or scales)."
     )
