@@ -61,6 +61,8 @@ class TrainConfig:
             raise bad("--precision", self.precision, "choose one of " + ", ".join(PRECISIONS))
         if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs > self.epochs):
             raise bad("--warmup-epochs", self.warmup_epochs, "warm-up must be between 0 and --epochs")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise bad("--final-lr-ratio", self.final_lr_ratio, "the final LR ratio must be in [0, 1]")
         if not 0 <= self.label_smoothing < 1:
             raise bad("--label-smoothing", self.label_smoothing, "label smoothing must be in [0, 1)")
         if self.grad_clip < 0:

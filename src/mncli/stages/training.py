@@ -88,6 +88,9 @@ class TrainOptions:
     )
     schedule: str | None = _option("cosine", "--schedule", help="cosine, onecycle, step or constant.")
     warmup_epochs: float | None = _option(0.0, "--warmup-epochs", help="Epochs of linear LR warm-up.")
+    final_lr_ratio: float | None = _option(
+        0.0, "--final-lr-ratio", help="Cosine schedule: end at lr times this."
+    )
     milestones: tuple[float, ...] | None = _option(
         None, "--milestones", parse=_milestones,
         help="Step schedule: epochs where the LR is multiplied by --step-gamma, e.g. 10,15.",
