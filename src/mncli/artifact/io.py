@@ -39,22 +39,65 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- writing
 
 
-def check_output(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
-    """BadInput when OUT is one of the inputs (the same path, or a hard link to the same file):
-    a stage never writes over what it reads. Stages call it before any work."""
+def check_output(out: str | os.PathLike, *inputs: str | os.PathLike | None, artifact: bool = True) -> None:
+    """BadInput, before any work, for an output a stage must not or cannot write: one of its inputs
+    or their sidecars (same path, or a hard link to the same file), a directory, a path below a
+    file or in a folder it cannot write, or (for an artifact) an existing file that is not an mncli
+    artifact. An existing artifact at OUT is replaced, atomically, once the stage has succeeded."""
     out = Path(out)
+    written = [out, sidecar_path(out)] if artifact else [out]
     for given in inputs:
         if given is None:
             continue
         source = Path(given)
-        same = out.resolve() == source.resolve()
-        if not same and out.exists() and source.exists():
-            same = os.path.samefile(out, source)
-        if same:
+        for target in written:
+            for protected in (source, sidecar_path(source)):
+                if _same_file(target, protected):
+                    what = "the input file" if protected == source else "the input's manifest"
+                    raise BadInput(
+                        f"output {out} would overwrite {what} {protected}",
+                        hint="write to a new path; inputs are never modified",
+                    )
+    if out.is_dir():
+        raise BadInput(f"output {out} is a directory", hint="give a file path, e.g. -o DIR/model.safetensors")
+    folder = _existing_ancestor(out.parent)
+    if not folder.is_dir():
+        raise BadInput(f"output {out}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"output {out}: cannot write in {folder}", hint="choose a folder you can write to")
+    if artifact:
+        _refuse_replacing_foreign_files(out)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _refuse_replacing_foreign_files(out: Path) -> None:
+    """Never replace what is not an mncli artifact (or its sidecar) with one."""
+    if out.exists():
+        try:
+            read_manifest(out)
+        except BadInput:
             raise BadInput(
-                f"output {out} is the input file {source}",
-                hint="write to a new path; inputs are never modified",
-            )
+                f"output {out} exists and is not an mncli artifact; refusing to replace it",
+                hint="choose another -o path, or move that file away",
+            ) from None
+    side = sidecar_path(out)
+    if side.exists() and not out.exists():
+        raise BadInput(
+            f"{side} exists without the artifact {out}; refusing to replace it",
+            hint="choose another -o path, or move that file away",
+        )
 
 
 def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from mncli.cli.options import OUTPUT
-from mncli.errors import MncliError
+from mncli.errors import BadInput, MncliError
 from mncli.log import is_quiet, is_verbose, set_verbosity
 from mncli.log import stderr as log_stderr
 from mncli.version import __version__
@@ -78,18 +78,38 @@ def root(
     set_verbosity(verbose=verbose, quiet=quiet)
 
 
-def _with_verbosity(command: Callable) -> Callable:
-    """The command with -v/-q of its own, so they work after the subcommand as well as before it."""
+NoClobber = Annotated[
+    bool,
+    typer.Option(
+        "-n", "--no-clobber", help="Keep an existing OUTPUT: stop (exit 2) instead.", rich_help_panel=OUTPUT
+    ),
+]
+
+
+def _with_common_options(command: Callable) -> Callable:
+    """The command with the options every command shares: -v/-q (so they work after the subcommand
+    as well as before it) and, on a command that writes OUTPUT (`-o`), -n/--no-clobber as cp has it."""
     signature = inspect.signature(command, eval_str=True)
+    writes = "out" in signature.parameters
     added = [
         inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=VerboseAfter, default=False),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=QuietAfter, default=False),
     ]
+    if writes:
+        added.append(
+            inspect.Parameter(
+                "no_clobber", inspect.Parameter.KEYWORD_ONLY, annotation=NoClobber, default=False
+            )
+        )
 
     @functools.wraps(command)
-    def wrapper(*args: Any, verbose: bool = False, quiet: bool = False, **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any, verbose: bool = False, quiet: bool = False, no_clobber: bool = False, **kwargs: Any
+    ) -> Any:
         if verbose or quiet:
             set_verbosity(verbose=verbose or is_verbose(), quiet=quiet or is_quiet())
+        if no_clobber and kwargs["out"].exists():
+            raise BadInput(f"{kwargs['out']} exists and --no-clobber keeps it", hint="drop -n to replace it")
         return command(*args, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
@@ -99,7 +119,7 @@ def _with_verbosity(command: Callable) -> Callable:
 for _name in COMMANDS:
     importlib.import_module(f"mncli.cli.cmd_{_name}").register(app)
 for _info in app.registered_commands:
-    _info.callback = _with_verbosity(_info.callback)
+    _info.callback = _with_common_options(_info.callback)
 
 
 def main(argv: list[str] | None = None) -> int:

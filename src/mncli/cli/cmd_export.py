@@ -75,7 +75,7 @@ def export_model(inp: Path, out: Path, fmt: ExportFormat | str) -> dict:
     from mncli.text import parse_choice
 
     fmt = parse_choice(ExportFormat, fmt, "--format")
-    check_output(out, inp)
+    check_output(out, inp, artifact=False)
     bundle = load_bundle(inp)
     model = bundle.model.eval()
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}

@@ -35,7 +35,8 @@ OutputArtifact = Annotated[
     Path,
     typer.Option(
         "-o", "--out", metavar="OUTPUT", rich_help_panel=OUTPUT,
-        help="Output artifact (.safetensors); written atomically.",
+        help="Output artifact (.safetensors), written atomically once the stage succeeds. An mncli "
+        "artifact already there is replaced (-n keeps it); any other file is never replaced.",
     ),
 ]  # fmt: skip
 Json = Annotated[

@@ -280,9 +280,11 @@ class _Stage:
 
 def run(input: Path, out: Path, config: ScaleConfig, train: TrainOptions) -> dict:
     """Scale INPUT's architecture (one point, a grid, a grid point or the collection) and write OUT."""
+    from mncli.artifact import check_output
     from mncli.bundle import load_bundle
 
     cfg = config.validate()
+    check_output(out, input)
     opts = train.resolved(**TRAIN_DEFAULTS).with_fallbacks()
     if cfg.trains:
         if opts.dataset is None:

@@ -202,6 +202,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     """Search a network on `train.dataset` and write it to OUT (architecture only); the result."""
     import torch
 
+    from mncli.artifact import check_output
     from mncli.data import scoring_task
     from mncli.search.callback import make_callback
     from mncli.search.cost import CostModel, check_target, fmt
@@ -210,6 +211,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
 
     started = time.time()
     cfg = config.validate()
+    check_output(out)
     opts = train.resolved(**TRAIN_DEFAULTS).with_fallbacks()
     if opts.dataset is None:
         raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
