@@ -1,4 +1,12 @@
+"""Shared test helpers: `run_cli` runs the command line in-process, `tiny_artifact` writes a small
+zoo model as an artifact (`from conftest import tiny_artifact`)."""
+
+from __future__ import annotations
+
+import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -12,3 +20,56 @@ def _few_threads():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@dataclass
+class CliResult:
+    """One in-process run of `mncli`: the exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """`run_cli(*argv) -> CliResult`: `mncli.cli.app.main` on the arguments (each made a str), with
+    the stdout and stderr of that one run (anything printed before it is discarded)."""
+    from mncli.cli.app import main
+
+    def run(*argv) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def tiny_artifact(
+    path: Path | str,
+    arch: str = "test-cnn",
+    args: dict | None = None,
+    *,
+    weights: bool = True,
+    stage: str = "train",
+    metrics: dict | None = None,
+    seed: int | None = 0,
+) -> Path:
+    """Save a freshly initialised zoo model `arch(**args)` at `path` with save_bundle; returns the path.
+
+    The weights are drawn after torch.manual_seed(seed) (none when seed is None), so the same call
+    writes the same weights: `torch.manual_seed(0); create_model(arch, **args)` is the same model."""
+    import torch
+
+    from mncli.bundle import bundle_from_arch, save_bundle
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    path = Path(path)
+    save_bundle(bundle_from_arch(arch, args), path, stage=stage, weights=weights, metrics=metrics)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import torch
 from torch import nn
 
 import mncli
-from mncli.cli.app import main
 from mncli.errors import BadInput
 from mncli.models import create_model
 
@@ -65,15 +63,15 @@ def test_score_takes_any_module():
         mncli.score(model)
 
 
-def test_saved_model_scores_as_the_cli_does(tmp_path, data, capsys):
+def test_saved_model_scores_as_the_cli_does(tmp_path, data, run_cli):
     model = _model()
     mncli.train(model, data, epochs=1, lr=0.05, batch_size=32)
     mncli.prune(model, data, sparsity=0.5, epochs=0)
     path = tmp_path / "m.safetensors"
     mncli.save(model, path, data=data)
-    capsys.readouterr()
-    assert main(["score", str(path), "--json"]) == 0
-    cli = json.loads(capsys.readouterr().out)
+    run = run_cli("score", path, "--json")
+    assert run.code == 0
+    cli = run.json
     assert cli["score"] == pytest.approx(mncli.score(model)["score"], rel=1e-12)
     loaded = mncli.load(path)
     assert mncli.specs_of(loaded) == mncli.specs_of(model)

@@ -6,24 +6,21 @@ import sys
 
 import pytest
 
-from mncli.cli.app import COMMANDS, main
+from mncli.cli.app import COMMANDS
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "mncli", *args], capture_output=True, text=True, timeout=120)
-
-
-def test_help_lists_every_command():
-    result = run("--help")
-    assert result.returncode == 0
+def test_help_lists_every_command(run_cli):
+    result = run_cli("--help")
+    assert result.code == 0
     for name in COMMANDS:
-        assert name in result.stdout, name
+        assert name in result.out, name
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_has_help_with_an_example(name, capsys):
-    assert main([name, "--help"]) == 0
-    text = capsys.readouterr().out
+def test_every_command_has_help_with_an_example(name, run_cli):
+    result = run_cli(name, "--help")
+    assert result.code == 0
+    text = result.out
     assert "Example" in text or "example" in text, f"`mncli {name} --help` shows no example"
     assert "mncli " + name in text
 
@@ -34,22 +31,22 @@ def test_help_does_not_import_torch():
     assert result.stdout.strip().endswith("False")
 
 
-def test_unknown_option_exits_2_without_traceback():
-    result = run("inspect", "--no-such-option")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+def test_unknown_option_exits_2_without_traceback(run_cli):
+    result = run_cli("inspect", "--no-such-option")
+    assert result.code == 2
+    assert "Traceback" not in result.err
 
 
-def test_missing_file_is_one_line_exit_2(tmp_path):
-    result = run("inspect", str(tmp_path / "missing.safetensors"))
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "missing.safetensors" in result.stderr
+def test_missing_file_is_one_line_exit_2(tmp_path, run_cli):
+    result = run_cli("inspect", tmp_path / "missing.safetensors")
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    assert "missing.safetensors" in result.err
 
 
-def test_version():
-    result = run("--version")
-    assert result.returncode == 0 and result.stdout.startswith("mncli ")
+def test_version(run_cli):
+    result = run_cli("--version")
+    assert result.code == 0 and result.out.startswith("mncli ")
 
 
 READ_ONLY = ["models", "inspect", "verify", "import", "export", "eval", "score", "report"]
@@ -73,7 +70,8 @@ def test_help_paragraphs_are_single_lines(name):
         (["score", "--arch", "resnet20", "--ternary-mults", "sparse"], "--ternary-mults"),
     ],
 )
-def test_a_typo_in_a_choice_exits_2_while_parsing(capsys, argv, option):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
+def test_a_typo_in_a_choice_exits_2_while_parsing(run_cli, argv, option):
+    result = run_cli(*argv)
+    assert result.code == 2
+    err = result.err
     assert option in err and argv[-1] in err and "not found" not in err

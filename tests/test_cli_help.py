@@ -10,7 +10,7 @@ from dataclasses import fields
 import pytest
 import typer
 
-from mncli.cli.app import COMMANDS, app, main
+from mncli.cli.app import COMMANDS, app
 from mncli.stages.training import TrainOptions
 
 TRAINING_COMMANDS = ["train", "prune", "ternarize", "quantize", "search", "scale"]
@@ -72,16 +72,17 @@ def test_a_training_option_has_one_meaning_everywhere():
 
 
 @pytest.mark.parametrize("flag", ["-q", "-v", "--quiet", "--verbose"])
-def test_verbosity_flags_work_after_the_subcommand(flag, capsys):
-    assert main(["models", "--json", flag]) == 0
-    assert capsys.readouterr().out.lstrip().startswith("{")
+def test_verbosity_flags_work_after_the_subcommand(flag, run_cli):
+    run = run_cli("models", "--json", flag)
+    assert run.code == 0
+    assert run.out.lstrip().startswith("{")
 
 
-def test_quiet_after_the_subcommand_silences_logs(capsys):
+def test_quiet_after_the_subcommand_silences_logs(run_cli):
     from mncli.log import is_quiet, set_verbosity
 
     try:
-        assert main(["models", "-q"]) == 0
+        assert run_cli("models", "-q").code == 0
         assert is_quiet()
     finally:
         set_verbosity()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mncli.cli.app import main
+from conftest import tiny_artifact
 from mncli.models import create_model, input_shape
 
 
@@ -79,22 +78,16 @@ def reference():
     return model.eval()
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_resnet20_state_dict_imports_with_identical_logits(tmp_path, capsys, reference):
+def test_resnet20_state_dict_imports_with_identical_logits(tmp_path, run_cli, reference):
     from mncli.bundle import load_bundle
 
     checkpoint = tmp_path / "resnet20.th"
     wrapped = {f"module.{k}": v for k, v in reference.state_dict().items()}
     torch.save({"epoch": 200, "best_prec1": 91.7, "state_dict": wrapped}, checkpoint)
     out = tmp_path / "r20.safetensors"
-    code, stdout, stderr = run(capsys, "--quiet", "import", checkpoint, "--arch", "resnet20", "-o", out)
-    assert code == 0, stderr
-    assert stdout.strip() == str(out)
+    result = run_cli("--quiet", "import", checkpoint, "--arch", "resnet20", "-o", out)
+    assert result.code == 0, result.err
+    assert result.out.strip() == str(out)
     bundle = load_bundle(out)
     assert bundle.arch["name"] == "resnet20"
     assert bundle.manifest["stage"] == "import"
@@ -104,38 +97,35 @@ def test_resnet20_state_dict_imports_with_identical_logits(tmp_path, capsys, ref
         torch.testing.assert_close(bundle.model(x), reference(x), rtol=0, atol=0)
 
 
-def test_import_json_reports_the_artifact(tmp_path, capsys):
+def test_import_json_reports_the_artifact(tmp_path, run_cli):
     model = create_model("test-cnn", num_classes=4)
     checkpoint = tmp_path / "cnn.pt"
     torch.save({"model": model.state_dict()}, checkpoint)
     out = tmp_path / "cnn.safetensors"
-    code, stdout, stderr = run(
-        capsys, "import", checkpoint, "--arch", "test-cnn", "--arch-opt", "num_classes=4", "-o", out, "--json"
-    )
-    assert code == 0, stderr
-    result = json.loads(stdout)
+    opts = ["--arch", "test-cnn", "--arch-opt", "num_classes=4"]
+    run = run_cli("import", checkpoint, *opts, "-o", out, "--json")
+    assert run.code == 0, run.err
+    result = run.json
     assert result["arch"]["args"]["num_classes"] == 4
     assert result["params"] == sum(p.numel() for p in model.parameters())
     assert result["output"] == str(out) and out.exists()
 
 
-def test_mismatches_are_reported_and_nothing_is_written(tmp_path, capsys, reference):
+def test_mismatches_are_reported_and_nothing_is_written(tmp_path, run_cli, reference):
     checkpoint = tmp_path / "resnet20.th"
     torch.save(reference.state_dict(), checkpoint)
     out = tmp_path / "x.safetensors"
-    code, stdout, stderr = run(capsys, "import", checkpoint, "--arch", "resnet32", "-o", out)
-    assert code == 2 and stdout == ""
-    assert "60 missing" in stderr and "layer1.3.conv1.weight" in stderr
-    code, _, stderr = run(
-        capsys, "import", checkpoint, "--arch", "resnet20", "--arch-opt", "num_classes=100", "-o", out
-    )
-    assert code == 2
-    assert "linear.weight" in stderr and "[10, 64]" in stderr and "num_classes=10" in stderr
+    result = run_cli("import", checkpoint, "--arch", "resnet32", "-o", out)
+    assert result.code == 2 and result.out == ""
+    assert "60 missing" in result.err and "layer1.3.conv1.weight" in result.err
+    result = run_cli("import", checkpoint, "--arch", "resnet20", "--arch-opt", "num_classes=100", "-o", out)
+    assert result.code == 2
+    assert "linear.weight" in result.err and "[10, 64]" in result.err and "num_classes=10" in result.err
     state = dict(reference.state_dict())
     state["extra.weight"] = torch.zeros(3)
     torch.save(state, checkpoint)
-    code, _, stderr = run(capsys, "import", checkpoint, "--arch", "resnet20", "-o", out)
-    assert code == 2 and "unexpected" in stderr and "extra.weight" in stderr
+    result = run_cli("import", checkpoint, "--arch", "resnet20", "-o", out)
+    assert result.code == 2 and "unexpected" in result.err and "extra.weight" in result.err
     assert not out.exists()
 
 
@@ -144,7 +134,7 @@ class _NotATensor:
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage", "pickled-object", "no-tensors", "unknown-arch"])
-def test_bad_inputs_exit_2_without_traceback(tmp_path, capsys, kind):
+def test_bad_inputs_exit_2_without_traceback(tmp_path, run_cli, kind):
     checkpoint = tmp_path / "ckpt.pt"
     arch = "test-cnn"
     if kind == "garbage":
@@ -157,46 +147,43 @@ def test_bad_inputs_exit_2_without_traceback(tmp_path, capsys, kind):
     elif kind == "unknown-arch":
         torch.save(create_model("test-cnn").state_dict(), checkpoint)
         arch = "resnet-9000"
-    code, stdout, stderr = run(capsys, "import", checkpoint, "--arch", arch, "-o", tmp_path / "o.safetensors")
-    assert code == 2, stderr
-    assert stdout == "" and "Traceback" not in stderr and "error:" in stderr
+    result = run_cli("import", checkpoint, "--arch", arch, "-o", tmp_path / "o.safetensors")
+    assert result.code == 2, result.err
+    assert result.out == "" and "Traceback" not in result.err and "error:" in result.err
 
 
-def _artifact(tmp_path: Path, name: str, **args):
-    from mncli.bundle import Bundle, save_bundle
-
-    torch.manual_seed(0)
-    model = create_model(name, **args).eval()
-    path = tmp_path / f"{name}.safetensors"
-    save_bundle(Bundle(model=model, arch=model.arch), path, stage="test")
-    return model, path
+def _artifact(tmp_path: Path, name: str):
+    """A seeded zoo model's artifact and the same model in memory (eval mode)."""
+    path = tiny_artifact(tmp_path / f"{name}.safetensors", name, stage="test")
+    torch.manual_seed(0)  # tiny_artifact's seed: the weights it saved
+    return create_model(name).eval(), path
 
 
-def test_export_state_dict_loads_with_weights_only_and_reimports(tmp_path, capsys):
+def test_export_state_dict_loads_with_weights_only_and_reimports(tmp_path, run_cli):
     model, art = _artifact(tmp_path, "test-resnet")
     out = tmp_path / "model.pt"
-    code, stdout, stderr = run(capsys, "export", art, "-o", out, "--json")
-    assert code == 0, stderr
-    assert json.loads(stdout)["format"] == "state-dict"
+    result = run_cli("export", art, "-o", out, "--json")
+    assert result.code == 0, result.err
+    assert result.json["format"] == "state-dict"
     state = torch.load(out, weights_only=True)
     fresh = create_model("test-resnet").eval()
     fresh.load_state_dict(state)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     again = tmp_path / "again.safetensors"
-    code, _, stderr = run(capsys, "import", out, "--arch", "test-resnet", "-o", again)
-    assert code == 0, stderr
+    result = run_cli("import", out, "--arch", "test-resnet", "-o", again)
+    assert result.code == 0, result.err
     from mncli.bundle import load_bundle
 
     torch.testing.assert_close(load_bundle(again).model(x), model(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("fmt, suffix", [("torchscript", ".ts"), ("torch-export", ".pt2")])
-def test_export_programs_run_without_mncli(tmp_path, capsys, fmt, suffix):
+def test_export_programs_run_without_mncli(tmp_path, run_cli, fmt, suffix):
     model, art = _artifact(tmp_path, "test-mbconv")
     out = tmp_path / f"model{suffix}"
-    code, _, stderr = run(capsys, "export", art, "-o", out, "--format", fmt)
-    assert code == 0, stderr
+    result = run_cli("export", art, "-o", out, "--format", fmt)
+    assert result.code == 0, result.err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
         program = torch.jit.load(out) if fmt == "torchscript" else torch.export.load(out).module()
@@ -206,12 +193,11 @@ def test_export_programs_run_without_mncli(tmp_path, capsys, fmt, suffix):
     assert not list(tmp_path.glob(".*.tmp*"))
 
 
-def test_export_refuses_bad_format_and_missing_input(tmp_path, capsys):
+def test_export_refuses_bad_format_and_missing_input(tmp_path, run_cli):
     _, art = _artifact(tmp_path, "test-mlp")
-    code, _, stderr = run(capsys, "export", art, "-o", tmp_path / "m.onnx", "--format", "onnx")
-    assert code == 2 and "onnx" in stderr
-    code, _, _ = run(capsys, "export", tmp_path / "nope.safetensors", "-o", tmp_path / "m.pt")
-    assert code == 2
+    result = run_cli("export", art, "-o", tmp_path / "m.onnx", "--format", "onnx")
+    assert result.code == 2 and "onnx" in result.err
+    assert run_cli("export", tmp_path / "nope.safetensors", "-o", tmp_path / "m.pt").code == 2
 
 
 @pytest.mark.parametrize("name", ["test-mlp", "test-cnn", "test-resnet", "test-mbconv", "lenet5", "resnet20"])
@@ -225,19 +211,19 @@ def test_models_round_trip_through_an_artifact(tmp_path, name):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
-def test_models_command_lists_the_zoo(capsys):
-    code, stdout, _ = run(capsys, "models", "--json")
-    assert code == 0
-    rows = {row["name"]: row for row in json.loads(stdout)["models"]}
+def test_models_command_lists_the_zoo(run_cli):
+    result = run_cli("models", "--json")
+    assert result.code == 0
+    rows = {row["name"]: row for row in result.json["models"]}
     assert rows["wrn-28-10"]["params"] == 36_536_884
     assert rows["mobilenetv2-1.4"]["params"] == 6_108_776
-    code, stdout, _ = run(capsys, "models", "--family", "resnet-cifar")
-    assert code == 0 and "resnet110" in stdout and "wrn" not in stdout
-    code, _, stderr = run(capsys, "models", "--family", "nope")
-    assert code == 2 and "known" in stderr
+    result = run_cli("models", "--family", "resnet-cifar")
+    assert result.code == 0 and "resnet110" in result.out and "wrn" not in result.out
+    result = run_cli("models", "--family", "nope")
+    assert result.code == 2 and "known" in result.err
 
 
-def test_export_keeps_activation_quantizers(tmp_path, capsys):
+def test_export_keeps_activation_quantizers(tmp_path, run_cli):
     from mncli.bundle import Bundle, save_bundle
     from mncli.models.quantized import install_act_quantizers
 
@@ -250,8 +236,8 @@ def test_export_keeps_activation_quantizers(tmp_path, capsys):
     save_bundle(Bundle(model=model, arch=model.arch, specs=specs), art, stage="test")
     x = torch.randn(2, 3, 16, 16)
     for fmt, name in (("state-dict", "aq.pt"), ("torch-export", "aq.pt2")):
-        code, _, stderr = run(capsys, "export", art, "-o", tmp_path / name, "--format", fmt)
-        assert code == 0, stderr
+        result = run_cli("export", art, "-o", tmp_path / name, "--format", fmt)
+        assert result.code == 0, result.err
     state = torch.load(tmp_path / "aq.pt", weights_only=True)
     assert torch.equal(state["conv2.act_quant.scale"], model.conv2.act_quant.scale)
     program = torch.export.load(tmp_path / "aq.pt2").module()

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mncli.artifact import codec, lineage_from, new_manifest, parent_entry, save_artifact, sidecar_path
-from mncli.cli.app import main
 from mncli.models import create_model
 from test_artifact_io import broken_inputs
 
@@ -53,18 +52,12 @@ def save(path, stage="quantize", parents=(), **kw):
     return save_artifact(path, codec.encode_state(state, specs), manifest), state
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_inspect_json_measures_the_decoded_layers(tmp_path, capsys):
+def test_inspect_json_measures_the_decoded_layers(tmp_path, run_cli):
     path = tmp_path / "q.safetensors"
     written, state = save(path)
-    code, out, err = run(capsys, "inspect", str(path), "--json")
-    assert code == 0, err
-    info = json.loads(out)
+    result = run_cli("inspect", str(path), "--json")
+    assert result.code == 0, result.err
+    info = result.json
     assert (
         info["stage"] == "quantize"
         and info["arch"] == ARCH
@@ -96,22 +89,27 @@ def test_compressed_artifacts_are_byte_identical(tmp_path):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b" / "a.safetensors").read_bytes()
 
 
-def test_inspect_table_and_architecture_only(tmp_path, capsys):
+def test_inspect_table_and_architecture_only(tmp_path, run_cli):
     path = tmp_path / "q.safetensors"
     save(path)
-    code, out, _ = run(capsys, "inspect", str(path))
-    assert code == 0 and "conv2" in out and "ternary" in out and "int4 per-channel" in out
+    result = run_cli("inspect", str(path))
+    assert (
+        result.code == 0
+        and "conv2" in result.out
+        and "ternary" in result.out
+        and "int4 per-channel" in result.out
+    )
     arch = tmp_path / "arch.safetensors"
     save_artifact(arch, {}, new_manifest("search", arch=ARCH, command="mncli search"))
-    code, out, _ = run(capsys, "inspect", str(arch), "--json")
-    info = json.loads(out)
-    assert code == 0 and info["architecture_only"] and info["arch"] == ARCH
+    result = run_cli("inspect", str(arch), "--json")
+    info = result.json
+    assert result.code == 0 and info["architecture_only"] and info["arch"] == ARCH
     assert {"conv1", "conv2", "conv3", "fc"} <= {r["name"] for r in info["layers"]}
-    code, out, _ = run(capsys, "inspect", str(arch))
-    assert code == 0 and "architecture only" in out and "test-cnn" in out
+    result = run_cli("inspect", str(arch))
+    assert result.code == 0 and "architecture only" in result.out and "test-cnn" in result.out
 
 
-def test_verify_good_chain_and_missing_parent(tmp_path, capsys, monkeypatch):
+def test_verify_good_chain_and_missing_parent(tmp_path, run_cli, monkeypatch):
     # Parents are also looked up relative to the working directory: run from an empty folder so a
     # stray ../a.safetensors outside tmp_path cannot stand in for the deleted parent.
     (tmp_path / "cwd").mkdir()
@@ -119,17 +117,17 @@ def test_verify_good_chain_and_missing_parent(tmp_path, capsys, monkeypatch):
     a, b = tmp_path / "a.safetensors", tmp_path / "runs" / "b.safetensors"
     ma, _ = save(a, stage="train")
     save(b, parents=[(a, ma)])
-    code, out, err = run(capsys, "verify", str(b), "--json")
-    report = json.loads(out)
-    assert code == 0 and report["ok"] and report["parents"][0]["status"] == "ok", err
-    code, out, _ = run(capsys, "verify", str(b))
-    assert code == 0 and "content hash" in out
+    result = run_cli("verify", str(b), "--json")
+    report = result.json
+    assert result.code == 0 and report["ok"] and report["parents"][0]["status"] == "ok", result.err
+    result = run_cli("verify", str(b))
+    assert result.code == 0 and "content hash" in result.out
     a.unlink()
-    code, out, _ = run(capsys, "verify", str(b), "--json")
-    assert code == 0 and json.loads(out)["parents"][0]["status"] == "missing"
+    result = run_cli("verify", str(b), "--json")
+    assert result.code == 0 and result.json["parents"][0]["status"] == "missing"
 
 
-def test_verify_finds_parents_recorded_relative_to_the_working_directory(tmp_path, capsys, monkeypatch):
+def test_verify_finds_parents_recorded_relative_to_the_working_directory(tmp_path, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     ma, _ = save("runs/a.safetensors", stage="train")
@@ -140,28 +138,31 @@ def test_verify_finds_parents_recorded_relative_to_the_working_directory(tmp_pat
     save_artifact(
         "runs/b.safetensors", codec.encode_state(state, specs), {**manifest, "compression": {"layers": specs}}
     )
-    code, out, err = run(capsys, "verify", "runs/b.safetensors", "--json")
-    assert code == 0 and json.loads(out)["parents"][0]["status"] == "ok", err
+    result = run_cli("verify", "runs/b.safetensors", "--json")
+    assert result.code == 0 and result.json["parents"][0]["status"] == "ok", result.err
     bad = {**manifest, "lineage": []}
     save_artifact("runs/c.safetensors", {}, bad)
-    code, out, err = run(capsys, "verify", "runs/c.safetensors", "--json")
+    result = run_cli("verify", "runs/c.safetensors", "--json")
     assert (
-        code == 1
-        and "parent runs/a.safetensors is not in the lineage" in json.loads(out)["lineage"]["errors"]
+        result.code == 1
+        and "parent runs/a.safetensors is not in the lineage" in result.json["lineage"]["errors"]
     )
 
 
-def test_verify_fails_on_a_changed_parent(tmp_path, capsys):
+def test_verify_fails_on_a_changed_parent(tmp_path, run_cli):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     ma, _ = save(a, stage="train")
     save(b, parents=[(a, ma)])
     save_artifact(a, {"x": torch.ones(1)}, new_manifest("train", arch=ARCH, command="x"))
-    code, out, err = run(capsys, "verify", str(b), "--json")
-    assert code == 1 and json.loads(out)["parents"][0]["status"] == "mismatch"
-    assert "failed verification: parent a.safetensors: mismatch" in err and len(err.strip().splitlines()) == 1
+    result = run_cli("verify", str(b), "--json")
+    assert result.code == 1 and result.json["parents"][0]["status"] == "mismatch"
+    assert (
+        "failed verification: parent a.safetensors: mismatch" in result.err
+        and len(result.err.strip().splitlines()) == 1
+    )
 
 
-def test_verify_is_not_misled_by_an_unrelated_file_of_the_parents_name(tmp_path, capsys, monkeypatch):
+def test_verify_is_not_misled_by_an_unrelated_file_of_the_parents_name(tmp_path, run_cli, monkeypatch):
     """The parent is recorded as `a.safetensors` beside b; another a.safetensors in the working
     directory is someone else's file, not a changed parent."""
     (tmp_path / "run").mkdir()
@@ -171,50 +172,53 @@ def test_verify_is_not_misled_by_an_unrelated_file_of_the_parents_name(tmp_path,
     monkeypatch.chdir(tmp_path)
     unrelated = new_manifest("train", arch=ARCH, command="x")
     save_artifact(tmp_path / "a.safetensors", {"x": torch.ones(1)}, unrelated)
-    code, out, err = run(capsys, "verify", "run/b.safetensors", "--json")
-    parent = json.loads(out)["parents"][0]
-    assert code == 0 and parent["status"] == "ok", err
+    result = run_cli("verify", "run/b.safetensors", "--json")
+    parent = result.json["parents"][0]
+    assert result.code == 0 and parent["status"] == "ok", result.err
     assert parent["resolved"] == str(Path("run/a.safetensors"))
     a.unlink()
-    code, out, err = run(capsys, "verify", "run/b.safetensors", "--json")
-    assert code == 1 and json.loads(out)["parents"][0]["status"] == "mismatch"
+    result = run_cli("verify", "run/b.safetensors", "--json")
+    assert result.code == 1 and result.json["parents"][0]["status"] == "mismatch"
 
 
-def test_verify_fails_on_altered_data_and_sidecar(tmp_path, capsys):
+def test_verify_fails_on_altered_data_and_sidecar(tmp_path, run_cli):
     path = tmp_path / "q.safetensors"
     save(path)
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0x01
     path.write_bytes(bytes(raw))
-    code, out, err = run(capsys, "verify", str(path), "--json")
-    assert code == 1 and not json.loads(out)["content_sha256"]["ok"]
-    assert "content hash mismatch" in err
+    result = run_cli("verify", str(path), "--json")
+    assert result.code == 1 and not result.json["content_sha256"]["ok"]
+    assert "content hash mismatch" in result.err
     save(path)
     sidecar_path(path).write_text("{}")
-    code, out, err = run(capsys, "verify", str(path))
-    assert code == 1 and "sidecar" in err
+    result = run_cli("verify", str(path))
+    assert result.code == 1 and "sidecar" in result.err
 
 
-def test_verify_reports_schema_problems(tmp_path, capsys):
+def test_verify_reports_schema_problems(tmp_path, run_cli):
     from safetensors.torch import save_file
 
     path = tmp_path / "s.safetensors"
     manifest = {**new_manifest("train", arch=ARCH, command="x"), "seed": "zero"}
     manifest["content_sha256"] = "0" * 64
     save_file({"w": torch.ones(1)}, path, metadata={"mncli": json.dumps(manifest)})
-    code, out, _ = run(capsys, "verify", str(path), "--json")
-    report = json.loads(out)
-    assert code == 1 and report["schema"]["errors"] == ["manifest.seed: expected integer or null, got string"]
-    code, _, err = run(capsys, "inspect", str(path))
-    assert code == 2 and "invalid mncli manifest: manifest.seed" in err
+    result = run_cli("verify", str(path), "--json")
+    report = result.json
+    assert result.code == 1 and report["schema"]["errors"] == [
+        "manifest.seed: expected integer or null, got string"
+    ]
+    result = run_cli("inspect", str(path))
+    assert result.code == 2 and "invalid mncli manifest: manifest.seed" in result.err
 
 
 @pytest.mark.parametrize("command", ["inspect", "verify"])
-def test_broken_inputs_exit_2_with_one_line(tmp_path, capsys, command):
+def test_broken_inputs_exit_2_with_one_line(tmp_path, run_cli, command):
     for label, (path, message) in broken_inputs(tmp_path).items():
         if label == "schema" and command == "verify":
             continue  # verify reports a schema failure (exit 1): tested above
-        code, out, err = run(capsys, command, str(path))
-        assert code == 2, (label, err)
-        assert out == "" and message in err and "Traceback" not in err, (label, err)
+        result = run_cli(command, str(path))
+        err = result.err
+        assert result.code == 2, (label, err)
+        assert result.out == "" and message in err and "Traceback" not in err, (label, err)
         assert err.startswith("error:") and len(err.strip().splitlines()) <= 2  # the line and a hint

@@ -11,22 +11,20 @@ import time
 import pytest
 
 from mncli.artifact import read_manifest
-from mncli.cli.app import main
 
 SYN = "synthetic:classes=4,shape=1x8x8,train=400,test=60"
 ARCH = ["--arch", "test-cnn", "--arch-opt", "width=4"]
 
 
-def train(tmp_path, name="a.safetensors", *extra, capsys=None):
+def train(run_cli, tmp_path, name="a.safetensors", *extra):
     out = tmp_path / name
-    code = main(["train", *ARCH, "-d", SYN, "--epochs", "2", "-b", "32", "--json", "-o", str(out), *extra])
-    return code, out
+    return run_cli("train", *ARCH, "-d", SYN, "--epochs", "2", "-b", "32", "--json", "-o", out, *extra), out
 
 
-def test_train_then_eval(tmp_path, capsys):
-    code, out = train(tmp_path)
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+def test_train_then_eval(tmp_path, run_cli):
+    run, out = train(run_cli, tmp_path)
+    assert run.code == 0
+    result = run.json
     assert result["output"] == str(out) and result["params"] > 0 and 0 <= result["test_acc"] <= 1
     manifest = read_manifest(out)
     assert manifest["stage"] == "train"
@@ -37,25 +35,23 @@ def test_train_then_eval(tmp_path, capsys):
     assert manifest["metrics"]["score"]["score"] > 0
     assert not (tmp_path / "a.ckpt").exists()  # removed once the artifact is written
 
-    assert main(["eval", str(out), "--split", "val", "--json"]) == 0
-    val = json.loads(capsys.readouterr().out)
+    run = run_cli("eval", out, "--split", "val", "--json")
+    assert run.code == 0
+    val = run.json
     assert val["split"] == "val" and val["count"] == 40
     assert val["top1"] == pytest.approx(manifest["metrics"]["val_acc"])
-    assert main(["eval", str(out), "--json"]) == 0
-    test = json.loads(capsys.readouterr().out)
+    run = run_cli("eval", out, "--json")
+    assert run.code == 0
+    test = run.json
     assert test["count"] == 60 and test["top1"] == pytest.approx(manifest["metrics"]["test_acc"])
     assert set(test) >= {"top1", "top5", "loss"}
 
 
-def test_continue_from_artifact(tmp_path, capsys):
-    code, first = train(tmp_path)
-    assert code == 0
-    capsys.readouterr()
+def test_continue_from_artifact(tmp_path, run_cli):
+    run, first = train(run_cli, tmp_path)
+    assert run.code == 0
     out = tmp_path / "b.safetensors"
-    assert (
-        main(["train", str(first), "--epochs", "1", "-b", "32", "--lr", "0.01", "-o", str(out), "--json"])
-        == 0
-    )
+    assert run_cli("train", first, "--epochs", "1", "-b", "32", "--lr", "0.01", "-o", out, "--json").code == 0
     manifest = read_manifest(out)
     assert manifest["params"]["input"] == str(first) and manifest["data"]["dataset"] == SYN
     assert manifest["parents"][0]["content_sha256"] == read_manifest(first)["content_sha256"]
@@ -72,38 +68,39 @@ def test_continue_from_artifact(tmp_path, capsys):
         (["-d", SYN, "--subset", "0"], "--subset"),
     ],
 )
-def test_bad_input_exits_2(tmp_path, capsys, args, text):
-    code = main(["train", *ARCH, *args, "-o", str(tmp_path / "x.safetensors")])
-    assert code == 2
-    assert text in capsys.readouterr().err
+def test_bad_input_exits_2(tmp_path, run_cli, args, text):
+    run = run_cli("train", *ARCH, *args, "-o", tmp_path / "x.safetensors")
+    assert run.code == 2
+    assert text in run.err
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_missing_dataset_exits_2_with_places(tmp_path, capsys, monkeypatch):
+def test_missing_dataset_exits_2_with_places(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("MNCLI_DATA", str(tmp_path / "nowhere"))
-    code = main(["train", "--arch", "lenet5", "-d", "mnist", "-o", str(tmp_path / "x.safetensors")])
-    assert code == 2
-    err = capsys.readouterr().err
+    run = run_cli("train", "--arch", "lenet5", "-d", "mnist", "-o", tmp_path / "x.safetensors")
+    assert run.code == 2
+    err = run.err
     assert "nowhere" in err and "/usr/share/datasets/mnist" in err and "--download" in err
 
 
-def test_wrong_number_of_classes_exits_2(tmp_path, capsys):
-    code, first = train(tmp_path)
-    assert code == 0
+def test_wrong_number_of_classes_exits_2(tmp_path, run_cli):
+    run, first = train(run_cli, tmp_path)
+    assert run.code == 0
     other = "synthetic:classes=5,shape=1x8x8,train=200"
-    assert (
-        main(["train", str(first), "-d", other, "--epochs", "1", "-o", str(tmp_path / "c.safetensors")]) == 2
-    )
-    assert "num_classes=4" in capsys.readouterr().err
-    assert main(["eval", str(first), "-d", other]) == 2
+    run = run_cli("train", first, "-d", other, "--epochs", "1", "-o", tmp_path / "c.safetensors")
+    assert run.code == 2
+    assert "num_classes=4" in run.err
+    assert run_cli("eval", first, "-d", other).code == 2
 
 
-def test_arch_and_input_together_or_neither(tmp_path, capsys):
-    assert main(["train", "-d", SYN, "-o", str(tmp_path / "x.safetensors")]) == 2
-    assert "--arch" in capsys.readouterr().err
+def test_arch_and_input_together_or_neither(tmp_path, run_cli):
+    run = run_cli("train", "-d", SYN, "-o", tmp_path / "x.safetensors")
+    assert run.code == 2
+    assert "--arch" in run.err
 
 
-def run_cli(args, **kw):
+def spawn(args, **kw):
+    """`python -m mncli` in a process of its own (to signal it)."""
     env = {**os.environ, "MNCLI_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "mncli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
@@ -112,8 +109,8 @@ def run_cli(args, **kw):
 def test_sigterm_then_resume_gives_the_same_artifact(tmp_path):
     data = "synthetic:classes=4,shape=1x8x8,train=3000,test=60"
     common = [*ARCH, "-d", data, "--epochs", "6", "-b", "32", "--precision", "fp32"]
-    reference = run_cli(["train", *common, "-o", str(tmp_path / "ref.safetensors")])
-    killed = run_cli(["train", *common, "-o", str(tmp_path / "run.safetensors")])
+    reference = spawn(["train", *common, "-o", str(tmp_path / "ref.safetensors")])
+    killed = spawn(["train", *common, "-o", str(tmp_path / "run.safetensors")])
     ckpt = tmp_path / "run.ckpt" / "state.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and killed.poll() is None and time.time() < deadline:
@@ -125,7 +122,7 @@ def test_sigterm_then_resume_gives_the_same_artifact(tmp_path):
         pytest.skip("the run finished before the signal arrived")
     assert killed.returncode == 143, err
     assert "--resume" in err and "checkpoint saved" in err
-    resumed = run_cli(["train", *common, "-o", str(tmp_path / "run.safetensors"), "--resume"])
+    resumed = spawn(["train", *common, "-o", str(tmp_path / "run.safetensors"), "--resume"])
     _, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err
     assert "resuming from" in err

@@ -1,22 +1,23 @@
 """The whole pipeline through the CLI on tiny synthetic data: every stage reads the previous
 artifact, keeps what the earlier stages did, and the final artifact verifies, scores and reloads."""
 
-import json
-
 import pytest
 import torch
-
-from mncli.cli.app import main
 
 DATA = "synthetic:classes=4,shape=1x12x12,train=256,test=64"
 FAST = ["--dataset", DATA, "--batch-size", "32", "--val-size", "64"]
 
 
-def run_json(capsys, *argv):
-    code = main([*argv, "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
+@pytest.fixture
+def run_json(run_cli):
+    """`mncli ... --json`, which must succeed: its JSON result."""
+
+    def run(*argv):
+        result = run_cli(*argv, "--json")
+        assert result.code == 0, result.err
+        return result.json
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,10 @@ def chain(tmp_path_factory):
     return tmp_path_factory.mktemp("chain")
 
 
-def test_train_prune_ternarize_quantize_score(chain, capsys):
+def test_train_prune_ternarize_quantize_score(chain, run_json):
     fp, pruned, tern, quant = (chain / f"{n}.safetensors" for n in ("fp", "pruned", "tern", "quant"))
-    run_json(capsys, "train", "--arch", "test-mbconv", *FAST, "--epochs", "2", "-o", str(fp))
+    run_json("train", "--arch", "test-mbconv", *FAST, "--epochs", "2", "-o", str(fp))
     run_json(
-        capsys,
         "prune",
         str(fp),
         *FAST,
@@ -47,9 +47,8 @@ def test_train_prune_ternarize_quantize_score(chain, capsys):
         "-o",
         str(pruned),
     )
-    run_json(capsys, "ternarize", str(pruned), *FAST, "--method", "ttq", "--epochs", "1", "-o", str(tern))
+    run_json("ternarize", str(pruned), *FAST, "--method", "ttq", "--epochs", "1", "-o", str(tern))
     run_json(
-        capsys,
         "quantize",
         str(tern),
         *FAST,
@@ -80,12 +79,12 @@ def test_train_prune_ternarize_quantize_score(chain, capsys):
         assert torch.unique(quant_b.model.get_submodule(name).weight).numel() <= 3
     assert any(int(s.get("act", {}).get("bits", 32)) == 8 for s in quant_b.specs.values())
 
-    scores = [run_json(capsys, "score", str(p))["score"] for p in (fp, pruned, tern, quant)]
+    scores = [run_json("score", str(p))["score"] for p in (fp, pruned, tern, quant)]
     assert scores[0] > scores[1] > scores[2] > scores[3], scores
 
-    verify = run_json(capsys, "verify", str(quant))
+    verify = run_json("verify", str(quant))
     assert verify["ok"], verify
-    report = run_json(capsys, "report", str(quant), "--chain")
+    report = run_json("report", str(quant), "--chain")
     assert [r["stage"] for r in report["rows"]] == ["train", "prune", "ternarize", "quantize"]
-    evaluated = run_json(capsys, "eval", str(quant), "--dataset", DATA)
+    evaluated = run_json("eval", str(quant), "--dataset", DATA)
     assert 0.0 <= evaluated["top1"] <= 1.0

@@ -1,31 +1,23 @@
 """`mncli prune` end to end on tiny models and synthetic data: exact sparsity, masks that hold, small
 files, channel-pruned artifacts that reload, and bad input refused with exit 2."""
 
-import json
 import os
 
 import pytest
 import torch
 
-from mncli.cli.app import main
+from conftest import tiny_artifact
 
 DATA = "synthetic:classes=4,shape=3x16x16,train=192,test=64"
 FAST = ["--batch-size", "32", "--seed", "0", "--device", "cpu", "--json"]
+ARGS = {"num_classes": 4, "input_size": 16}  # the zoo models sized for DATA
+NO_SCORE = {"score": None}  # inputs saved without scoring them
 
 
-def _artifact(tmp_path, name="test-cnn", args=None, weights=True, file="in.safetensors"):
-    from mncli.bundle import bundle_from_arch, save_bundle
-
-    bundle = bundle_from_arch(name, {"num_classes": 4, "input_size": 16, **(args or {})})
-    path = tmp_path / file
-    save_bundle(bundle, path, stage="train", weights=weights, metrics={"score": None})
-    return path
-
-
-def _prune(capsys, *args) -> tuple[int, dict | None]:
-    code = main(["prune", *map(str, args), *FAST])
-    out = capsys.readouterr().out
-    return code, (json.loads(out) if code == 0 else None)
+@pytest.fixture
+def prune(run_cli):
+    """`mncli prune ... FAST`: the CliResult."""
+    return lambda *args: run_cli("prune", *args, *FAST)
 
 
 def _zeros_match_targets(path):
@@ -42,14 +34,15 @@ def _zeros_match_targets(path):
     return bundle
 
 
-def test_agp_reaches_targets_and_masked_weights_stay_zero(tmp_path, capsys):
-    src = _artifact(tmp_path)
+def test_agp_reaches_targets_and_masked_weights_stay_zero(tmp_path, prune):
+    src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics=NO_SCORE)
     out = tmp_path / "agp.safetensors"
-    code, result = _prune(
-        capsys, src, "-d", DATA, "-o", out, "--method", "agp", "--sparsity", "0.8",
+    run = prune(
+        src, "-d", DATA, "-o", out, "--method", "agp", "--sparsity", "0.8",
         "--epochs", "4", "--end", "3", "--freq", "1",
     )  # fmt: skip
-    assert code == 0
+    assert run.code == 0, run.err
+    result = run.json
     assert result["max_deviation_weights"] <= 1
     for name, row in result["layers"].items():
         assert row["achieved"] == pytest.approx(0.8, abs=1.5 / 100), name
@@ -62,34 +55,35 @@ def test_agp_reaches_targets_and_masked_weights_stay_zero(tmp_path, capsys):
     assert {"test_acc_before", "test_acc", "score_before", "score"} <= set(manifest["metrics"])
 
 
-def test_magnitude_global_and_file_shrinks(tmp_path, capsys):
-    src = _artifact(tmp_path, args={"width": 32})
+def test_magnitude_global_and_file_shrinks(tmp_path, prune):
+    src = tiny_artifact(tmp_path / "in.safetensors", args={**ARGS, "width": 32}, metrics=NO_SCORE)
     out = tmp_path / "mag.safetensors"
-    code, result = _prune(
-        capsys, src, "-d", DATA, "-o", out, "--method", "magnitude", "--sparsity", "0.8", "--global",
+    run = prune(
+        src, "-d", DATA, "-o", out, "--method", "magnitude", "--sparsity", "0.8", "--global",
         "--layers", "*", "--epochs", "1",
     )  # fmt: skip
-    assert code == 0
-    assert result["achieved"] == pytest.approx(0.8, abs=1e-3)
+    assert run.code == 0, run.err
+    assert run.json["achieved"] == pytest.approx(0.8, abs=1e-3)
     assert out.stat().st_size <= 0.30 * src.stat().st_size
 
 
-def test_reweighted_l1_with_recipe_and_earlier_mask_kept(tmp_path, capsys):
-    src = _artifact(tmp_path)
+def test_reweighted_l1_with_recipe_and_earlier_mask_kept(tmp_path, prune):
+    src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics=NO_SCORE)
     first = tmp_path / "first.safetensors"
-    code, _ = _prune(capsys, src, "-d", DATA, "-o", first, "-m", "magnitude", "-s", "0.5", "--epochs", "0")
-    assert code == 0
+    run = prune(src, "-d", DATA, "-o", first, "-m", "magnitude", "-s", "0.5", "--epochs", "0")
+    assert run.code == 0, run.err
     from mncli.bundle import load_bundle
 
     zeros_before = load_bundle(first).model.conv3.weight == 0
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text('layers:\n  "conv2": {sparsity: 0.7}\n  "conv3": {sparsity: 0.3}\n')
     out = tmp_path / "rl1.safetensors"
-    code, result = _prune(
-        capsys, first, "-d", DATA, "-o", out, "-m", "reweighted-l1", "--recipe", recipe,
+    run = prune(
+        first, "-d", DATA, "-o", out, "-m", "reweighted-l1", "--recipe", recipe,
         "--epochs", "2", "--retrain-epochs", "1", "--reweight-at", "1",
     )  # fmt: skip
-    assert code == 0
+    assert run.code == 0, run.err
+    result = run.json
     assert result["layers"]["conv2"]["achieved"] == pytest.approx(0.7, abs=1 / 1152)
     bundle = load_bundle(out)
     conv3 = bundle.model.conv3.weight
@@ -98,15 +92,14 @@ def test_reweighted_l1_with_recipe_and_earlier_mask_kept(tmp_path, capsys):
     assert bundle.manifest["compression"]["prune"]["milestones"] == [1]
 
 
-def test_structured_resnet_reloads_with_identical_logits(tmp_path, capsys):
+def test_structured_resnet_reloads_with_identical_logits(tmp_path, prune):
     from mncli.bundle import load_bundle
 
-    src = _artifact(tmp_path, name="test-resnet")
+    src = tiny_artifact(tmp_path / "in.safetensors", "test-resnet", ARGS, metrics=NO_SCORE)
     out = tmp_path / "slim.safetensors"
-    code, result = _prune(
-        capsys, src, "-d", DATA, "-o", out, "--structured", "--channel-ratio", "0.5", "--epochs", "1"
-    )
-    assert code == 0
+    run = prune(src, "-d", DATA, "-o", out, "--structured", "--channel-ratio", "0.5", "--epochs", "1")
+    assert run.code == 0, run.err
+    result = run.json
     assert result["params_after"] < result["params_before"]
     bundle = load_bundle(out)
     assert bundle.arch["shapes"]["layer2.0.conv1"][0] == 8
@@ -135,8 +128,8 @@ def test_structured_resnet_reloads_with_identical_logits(tmp_path, capsys):
         (["--structured", "--channel-ratio", "1.5"], "outside [0, 1)"),
     ],
 )
-def test_bad_input_exits_2(tmp_path, capsys, extra, message):
-    src = _artifact(tmp_path)
+def test_bad_input_exits_2(tmp_path, run_cli, extra, message):
+    src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics=NO_SCORE)
     (tmp_path / "empty.yaml").write_text("layers: {}\n")
     (tmp_path / "typo.yaml").write_text('layers:\n  "conv9": {sparsity: 0.5}\n')
     extra = [
@@ -147,43 +140,38 @@ def test_bad_input_exits_2(tmp_path, capsys, extra, message):
         else e
         for e in extra
     ]
-    code = main(
-        ["prune", str(src), "-d", DATA, "-o", str(tmp_path / "o.safetensors"), *extra, "--epochs", "0"]
-    )
-    assert code == 2
-    assert message in capsys.readouterr().err
+    run = run_cli("prune", src, "-d", DATA, "-o", tmp_path / "o.safetensors", *extra, "--epochs", "0")
+    assert run.code == 2
+    assert message in run.err
     assert not (tmp_path / "o.safetensors").exists()
 
 
-def test_architecture_only_input_is_refused(tmp_path, capsys):
-    src = _artifact(tmp_path, weights=False, file="arch.safetensors")
-    code = main(["prune", str(src), "-d", DATA, "-o", str(tmp_path / "o.safetensors"), "-s", "0.5"])
-    assert code == 2
-    assert "architecture-only" in capsys.readouterr().err
+def test_architecture_only_input_is_refused(tmp_path, run_cli):
+    src = tiny_artifact(tmp_path / "arch.safetensors", args=ARGS, weights=False, metrics=NO_SCORE)
+    run = run_cli("prune", src, "-d", DATA, "-o", tmp_path / "o.safetensors", "-s", "0.5")
+    assert run.code == 2
+    assert "architecture-only" in run.err
 
 
-def test_structured_recipe_prunes_only_the_named_layers(tmp_path, capsys):
+def test_structured_recipe_prunes_only_the_named_layers(tmp_path, prune):
     from mncli.bundle import load_bundle
 
-    src = _artifact(tmp_path, name="test-resnet")
+    src = tiny_artifact(tmp_path / "in.safetensors", "test-resnet", ARGS, metrics=NO_SCORE)
     recipe = tmp_path / "channels.json"
     recipe.write_text('{"layers": {"layer2.0.conv1": {"channel_ratio": 0.75}}}')
     out = tmp_path / "slim.safetensors"
-    code, result = _prune(
-        capsys, src, "-d", DATA, "-o", out, "--structured", "--recipe", recipe, "--epochs", "0"
-    )
-    assert code == 0 and result["channels_removed"] == 12
+    run = prune(src, "-d", DATA, "-o", out, "--structured", "--recipe", recipe, "--epochs", "0")
+    assert run.code == 0 and run.json["channels_removed"] == 12, run.err
     assert load_bundle(out).arch["shapes"] == {
         "layer2.0.conv1": [4, 8, 3, 3], "layer2.0.bn1": [4], "layer2.0.conv2": [16, 4, 3, 3]
     }  # fmt: skip
 
 
-def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, capsys):
-    src = _artifact(tmp_path)
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, prune):
+    src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics=NO_SCORE)
     out = tmp_path / "p.safetensors"
-    code, result = _prune(capsys, src, "-d", DATA, "-o", out, "-m", "magnitude", "-s", "0.5", "--epochs", "1",
-                          "--resume")  # fmt: skip
-    assert code == 0 and result["output"] == str(out) and out.is_file()
+    run = prune(src, "-d", DATA, "-o", out, "-m", "magnitude", "-s", "0.5", "--epochs", "1", "--resume")
+    assert run.code == 0 and run.json["output"] == str(out) and out.is_file(), run.err
     assert not (tmp_path / "p.safetensors.ckpt").exists()
 
 
@@ -236,15 +224,17 @@ def test_method_prunes_in_memory_without_files():
 
 
 @pytest.mark.parametrize("command", ["prune", "train", "ternarize", "quantize"])
-def test_an_output_that_is_the_input_under_another_name_is_refused_before_any_work(tmp_path, capsys, command):
-    path = _artifact(tmp_path)
+def test_an_output_that_is_the_input_under_another_name_is_refused_before_any_work(
+    tmp_path, run_cli, command
+):
+    path = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics=NO_SCORE)
     link = tmp_path / "link.safetensors"
     os.link(path, link)
     before = path.read_bytes()
     extra = ["--sparsity", "0.5"] if command == "prune" else []
-    code = main([command, str(path), "-d", DATA, "-o", str(link), "--epochs", "1", *extra])
-    assert code == 2
-    assert "is the input file" in capsys.readouterr().err
+    run = run_cli(command, path, "-d", DATA, "-o", link, "--epochs", "1", *extra)
+    assert run.code == 2
+    assert "would overwrite the input file" in run.err
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "in.manifest.json",

@@ -1,12 +1,10 @@
 """`mncli quantize` end to end on tiny synthetic data: the artifact round trip, the CLI, bad input."""
 
-import json
-
 import pytest
 import torch
 
-from mncli.bundle import bundle_from_arch, load_bundle, save_bundle
-from mncli.cli.app import main
+from conftest import tiny_artifact
+from mncli.bundle import load_bundle, save_bundle
 from mncli.compress.quant import qat
 from mncli.compress.quant.plan import plan_layers
 from mncli.compress.quant.ptq import observe_inputs
@@ -21,10 +19,7 @@ ARCH = {"in_channels": 1, "input_size": 12, "num_classes": 4, "width": 4}
 
 @pytest.fixture(scope="module")
 def fp_artifact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("quant") / "fp.safetensors"
-    torch.manual_seed(0)
-    save_bundle(bundle_from_arch("test-cnn", ARCH), path, stage="train")
-    return path
+    return tiny_artifact(tmp_path_factory.mktemp("quant") / "fp.safetensors", "test-cnn", ARCH)
 
 
 def test_round_trip_through_the_artifact_gives_identical_logits(fp_artifact, tmp_path):
@@ -47,19 +42,13 @@ def test_round_trip_through_the_artifact_gives_identical_logits(fp_artifact, tmp
     assert again.specs["conv2"]["act"]["signed"] is False
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(["quantize", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_quantizes_and_scores_lower(fp_artifact, tmp_path, capsys):
+def test_cli_quantizes_and_scores_lower(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "q4.safetensors"
-    code, stdout, err = run_cli(
-        capsys, fp_artifact, "-d", DATA, "-o", out, "--epochs", "1", "--batch-size", "32", "--json"
+    run = run_cli(
+        "quantize", fp_artifact, "-d", DATA, "-o", out, "--epochs", "1", "--batch-size", "32", "--json"
     )
-    assert code == 0, err
-    result = json.loads(stdout)
+    assert run.code == 0, run.err
+    result = run.json
     assert result["int_weight_layers"] == 4 and result["int_act_layers"] == 4
     quantized = load_bundle(out)
     assert quantized.specs["conv2"]["weight"]["bits"] == 4 and quantized.specs["fc"]["weight"]["bits"] == 8
@@ -67,18 +56,16 @@ def test_cli_quantizes_and_scores_lower(fp_artifact, tmp_path, capsys):
     assert quantized.manifest["metrics"]["score"]["score"] < 0.6 * fp_score
 
 
-def test_cli_ptq_with_a_checked_accumulator_claim(fp_artifact, tmp_path, capsys):
+def test_cli_ptq_with_a_checked_accumulator_claim(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "p8.safetensors"
     common = [fp_artifact, "-d", DATA, "--ptq", "-w", "8", "-a", "8", "-o", out, "--json"]
-    code, _, err = run_cli(capsys, *common, "--accumulator-bits", "10")
-    assert code == 2 and "accumulator overflow: layer" in err and "needs" in err
+    run = run_cli("quantize", *common, "--accumulator-bits", "10")
+    assert run.code == 2 and "accumulator overflow: layer" in run.err and "needs" in run.err
     assert not out.exists()
-    code, stdout, err = run_cli(capsys, *common, "--accumulator-bits", "32")
-    assert code == 0, err
-    code, stdout, err = run_cli(
-        capsys, *common[:-3], "-o", tmp_path / "p8b.safetensors", "--accumulator-bits", "31"
-    )
-    assert code == 0, err
+    run = run_cli("quantize", *common, "--accumulator-bits", "32")
+    assert run.code == 0, run.err
+    run = run_cli("quantize", *common[:-3], "-o", tmp_path / "p8b.safetensors", "--accumulator-bits", "31")
+    assert run.code == 0, run.err
     specs = load_bundle(tmp_path / "p8b.safetensors").specs
     assert {s["acc_bits"] for s in specs.values()} == {31}
     assert all(s["acc_bits_needed"] <= 31 for s in specs.values())
@@ -92,17 +79,17 @@ def test_cli_ptq_with_a_checked_accumulator_claim(fp_artifact, tmp_path, capsys)
         (["--percentile", "20"], "--percentile 20.0 is outside (50, 100]"),
     ],
 )
-def test_bad_options_exit_2_with_one_line(fp_artifact, tmp_path, capsys, args, message):
-    code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", *args)
-    assert code == 2 and message in err and stdout == ""
-    assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
+def test_bad_options_exit_2_with_one_line(fp_artifact, tmp_path, run_cli, args, message):
+    run = run_cli("quantize", fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", *args)
+    assert run.code == 2 and message in run.err and run.out == ""
+    assert len([line for line in run.err.splitlines() if line.startswith("error")]) == 1
 
 
 @pytest.mark.parametrize("flag, typo", [("--method", "xnor"), ("--calibration", "minimax")])
-def test_a_choice_typo_is_rejected_while_parsing(fp_artifact, tmp_path, capsys, flag, typo):
+def test_a_choice_typo_is_rejected_while_parsing(fp_artifact, tmp_path, run_cli, flag, typo):
     out = tmp_path / "x.safetensors"
-    code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", out, flag, typo)
-    assert code == 2 and typo in err and stdout == "" and not out.exists()
+    run = run_cli("quantize", fp_artifact, "-d", DATA, "-o", out, flag, typo)
+    assert run.code == 2 and typo in run.err and run.out == "" and not out.exists()
 
 
 def test_unknown_method_from_python_is_bad_input():
@@ -112,40 +99,38 @@ def test_unknown_method_from_python_is_bad_input():
     assert config.method is QuantizeMethod.PACT and config.calibration is Calibration.PERCENTILE
 
 
-def test_recipe_with_an_unknown_key_is_refused(fp_artifact, tmp_path, capsys):
+def test_recipe_with_an_unknown_key_is_refused(fp_artifact, tmp_path, run_cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text('layers:\n  "conv2": {weight_bits: 6, sparsity: 0.5}\n')
-    code, _, err = run_cli(
-        capsys, fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", "--recipe", recipe
-    )
-    assert code == 2 and "unknown key 'sparsity'" in err
+    run = run_cli("quantize", fp_artifact, "-d", DATA, "-o", tmp_path / "x.safetensors", "--recipe", recipe)
+    assert run.code == 2 and "unknown key 'sparsity'" in run.err
     recipe.write_text('layers:\n  "conv2": {weight_bits: 6}\n  "fc": {act_bits: 32}\n')
     out = tmp_path / "r.safetensors"
-    code, _, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", out, "--recipe", recipe, "--ptq", "--fp16")
-    assert code == 0, err
+    run = run_cli("quantize", fp_artifact, "-d", DATA, "-o", out, "--recipe", recipe, "--ptq", "--fp16")
+    assert run.code == 0, run.err
     specs = load_bundle(out).specs
     assert specs["conv2"]["weight"]["bits"] == 6 and specs["conv3"]["weight"]["bits"] == 4
     assert specs["fc"]["act"] == {"bits": 16, "signed": True, "method": "fp16"}
 
 
-def test_requantizing_and_int_weights_without_act_quantizers_load_back(fp_artifact, tmp_path, capsys):
+def test_requantizing_and_int_weights_without_act_quantizers_load_back(fp_artifact, tmp_path, run_cli):
     first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    code, _, err = run_cli(capsys, fp_artifact, "-d", DATA, "--ptq", "-w", "6", "-a", "6", "-o", first)
-    assert code == 0, err
-    code, _, err = run_cli(capsys, first, "-d", DATA, "--ptq", "-w", "5", "-a", "32", "-o", second)
-    assert code == 0, err
+    run = run_cli("quantize", fp_artifact, "-d", DATA, "--ptq", "-w", "6", "-a", "6", "-o", first)
+    assert run.code == 0, run.err
+    run = run_cli("quantize", first, "-d", DATA, "--ptq", "-w", "5", "-a", "32", "-o", second)
+    assert run.code == 0, run.err
     specs = load_bundle(second).specs  # int weights, no act quantizer: weight_scale buffers must load
     assert specs["conv2"]["weight"]["bits"] == 5 and "act" not in specs["conv2"]
 
 
-def test_training_defaults_and_manifest_params(fp_artifact, tmp_path, capsys):
+def test_training_defaults_and_manifest_params(fp_artifact, tmp_path, run_cli):
     method = Quantization(QuantizeConfig())
     opts = method.options(TrainOptions(epochs=None, lr=None, weight_decay=None))
     assert (opts.epochs, opts.lr, opts.weight_decay) == (3, 0.01, 1e-4)
     out = tmp_path / "q.safetensors"
-    code, stdout, err = run_cli(capsys, fp_artifact, "-d", DATA, "-o", out, "--ptq", "--json")
-    assert code == 0, err
-    result = json.loads(stdout)
+    run = run_cli("quantize", fp_artifact, "-d", DATA, "-o", out, "--ptq", "--json")
+    assert run.code == 0, run.err
+    result = run.json
     assert result["output"] == str(out) and result["method"] == "ptq"
     params = load_bundle(out).manifest["params"]
     assert params["train"]["epochs"] == 3 and params["train"]["lr"] == 0.01

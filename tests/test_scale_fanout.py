@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mncli.cli.app import main
+from conftest import tiny_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "synthetic:classes=3,shape=1x12x12,train=96,test=24"
@@ -20,39 +20,19 @@ TRAIN = ["--epochs", "1", "-b", "16", "--device", "cpu", "--seed", "3"]
 
 @pytest.fixture(scope="module")
 def arch(tmp_path_factory) -> Path:
-    from mncli.bundle import bundle_from_arch, save_bundle
-
     path = tmp_path_factory.mktemp("fanout") / "arch.safetensors"
     args = {"blocks": ["ir_r1_k3_s2_e3_c8", "ir_r1_k3_s2_e3_c16"], "stem_channels": 8, "head_channels": 0,
             "num_classes": 3, "in_channels": 1, "input_size": 12}  # fmt: skip
-    save_bundle(bundle_from_arch("mbconv", args), path, stage="search", weights=False)
-    return path
+    return tiny_artifact(path, "mbconv", args, weights=False, stage="search")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_fan_out_chooses_what_the_sequential_grid_chooses(arch, tmp_path):
+def test_make_fan_out_chooses_what_the_sequential_grid_chooses(arch, tmp_path, run_cli):
     sequential = tmp_path / "seq" / "s.safetensors"
     sequential.parent.mkdir()
-    assert (
-        main(
-            [
-                "-q",
-                "scale",
-                str(arch),
-                "--phi",
-                "2",
-                "--grid",
-                "--grid-points",
-                GRID,
-                "-d",
-                DATA,
-                *TRAIN,
-                "-o",
-                str(sequential),
-            ]
-        )
-        == 0
-    )
+    grid = ["--phi", "2", "--grid", "--grid-points", GRID]
+    run = run_cli("-q", "scale", arch, *grid, "-d", DATA, *TRAIN, "-o", sequential)
+    assert run.code == 0, run.err
     fanned = tmp_path / "fan" / "s.safetensors"
     fanned.parent.mkdir()
     mncli = Path(sys.executable).with_name("mncli")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from mncli.cli.app import main
+from conftest import tiny_artifact
 
 DATA = "synthetic:classes=3,shape=1x12x12,train=96,test=24"
 GRID = "1.4,1.2 1.2,1.3 1.0,1.4"
@@ -16,9 +15,6 @@ TRAIN = ["--epochs", "1", "-b", "16", "--device", "cpu", "--seed", "3"]
 
 @pytest.fixture(scope="module")
 def arch(tmp_path_factory) -> Path:
-    from mncli.bundle import bundle_from_arch, save_bundle
-
-    path = tmp_path_factory.mktemp("scale") / "arch.safetensors"
     args = {
         "blocks": ["ir_r1_k3_s2_e3_c8", "ir_r1_k5_s1_e3_c8", "ir_r1_k3_s2_e3_c16"],
         "stem_channels": 8,
@@ -27,31 +23,16 @@ def arch(tmp_path_factory) -> Path:
         "in_channels": 1,
         "input_size": 12,
     }
-    save_bundle(bundle_from_arch("mbconv", args), path, stage="search", weights=False)
-    return path
+    path = tmp_path_factory.mktemp("scale") / "arch.safetensors"
+    return tiny_artifact(path, "mbconv", args, weights=False, stage="search")
 
 
-def test_one_point_scales_depth_and_width_and_keeps_a_fixed_resolution(arch, tmp_path, capsys):
+def test_one_point_scales_depth_and_width_and_keeps_a_fixed_resolution(arch, tmp_path, run_cli):
     out = tmp_path / "s.safetensors"
-    code = main(
-        [
-            "scale",
-            str(arch),
-            "--phi",
-            "2",
-            "--alpha",
-            "1.5",
-            "--beta",
-            "1.2",
-            "-d",
-            "fashion-mnist",
-            "-o",
-            str(out),
-            "--json",
-        ]
-    )
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    scaling = ["--phi", "2", "--alpha", "1.5", "--beta", "1.2"]
+    run = run_cli("scale", arch, *scaling, "-d", "fashion-mnist", "-o", out, "--json")
+    assert run.code == 0
+    result = run.json
     from mncli.artifact import load_artifact
 
     tensors, manifest = load_artifact(out)
@@ -66,42 +47,25 @@ def test_one_point_scales_depth_and_width_and_keeps_a_fixed_resolution(arch, tmp
     assert manifest["metrics"]["score"]["ops"] > 0
 
 
-def test_one_point_on_mobilenetv2_scales_its_depth(tmp_path, capsys):
+def test_one_point_on_mobilenetv2_scales_its_depth(tmp_path, run_cli):
     from mncli.artifact import load_artifact
-    from mncli.bundle import bundle_from_arch, save_bundle
 
-    src = tmp_path / "mnv2.safetensors"
-    save_bundle(bundle_from_arch("mobilenetv2-cifar", {}), src, stage="import", weights=False)
+    src = tiny_artifact(tmp_path / "mnv2.safetensors", "mobilenetv2-cifar", weights=False, stage="import")
     out = tmp_path / "mnv2-phi1.safetensors"
-    code = main(["scale", str(src), "--phi", "1", "-d", "cifar100", "-o", str(out), "--json"])
-    assert code == 0, capsys.readouterr().err
-    capsys.readouterr()
+    run = run_cli("scale", src, "--phi", "1", "-d", "cifar100", "-o", out, "--json")
+    assert run.code == 0, run.err
     args = load_artifact(out)[1]["arch"]["args"]
     assert args["depth_mult"] == pytest.approx(1.2) and args["width_mult"] == pytest.approx(1.1)
     assert args["input_size"] == 32  # CIFAR: one image size, resolution stays
 
 
-def test_grid_trains_every_point_and_records_the_choice(arch, tmp_path, capsys):
+def test_grid_trains_every_point_and_records_the_choice(arch, tmp_path, run_cli):
     out = tmp_path / "g.safetensors"
-    code = main(
-        [
-            "scale",
-            str(arch),
-            "--phi",
-            "2",
-            "--grid",
-            "--grid-points",
-            GRID,
-            "-d",
-            DATA,
-            *TRAIN,
-            "-o",
-            str(out),
-            "--json",
-        ]
+    run = run_cli(
+        "scale", arch, "--phi", "2", "--grid", "--grid-points", GRID, "-d", DATA, *TRAIN, "-o", out, "--json"
     )
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    assert run.code == 0
+    result = run.json
     from mncli.artifact import read_manifest
 
     manifest = read_manifest(out)
@@ -118,7 +82,7 @@ def test_grid_trains_every_point_and_records_the_choice(arch, tmp_path, capsys):
         assert (tmp_path / "g.png").stat().st_size > 0
 
 
-def test_budget_drops_points_before_training(arch, tmp_path, capsys):
+def test_budget_drops_points_before_training(arch, tmp_path, run_cli):
     from mncli.bundle import load_bundle
     from mncli.scaling.compound import grid_points, parse_grid
     from mncli.scaling.grid import scaled_point
@@ -131,86 +95,51 @@ def test_budget_drops_points_before_training(arch, tmp_path, capsys):
     assert len(set(ops)) == 3
     budget = sorted(ops)[1]  # the two cheapest fit
     out = tmp_path / "b.safetensors"
-    code = main(
-        [
-            "scale",
-            str(arch),
-            "--phi",
-            "2",
-            "--grid",
-            "--grid-points",
-            GRID,
-            "--budget-ops",
-            str(budget),
-            "-d",
-            DATA,
-            *TRAIN,
-            "-o",
-            str(out),
-            "--json",
-        ]
-    )
-    assert code == 0
-    points = json.loads(capsys.readouterr().out)["points"]
+    grid = ["scale", arch, "--phi", "2", "--grid", "--grid-points", GRID]
+    run = run_cli(*grid, "--budget-ops", budget, "-d", DATA, *TRAIN, "-o", out, "--json")
+    assert run.code == 0
+    points = run.json["points"]
     over = [p for p in points if p["score"]["ops"] > budget]
     assert len(over) == 1 and over[0]["status"] == "over budget" and over[0]["val_acc"] is None
-    assert (
-        main(
-            [
-                "scale",
-                str(arch),
-                "--phi",
-                "2",
-                "--grid",
-                "--grid-points",
-                GRID,
-                "--budget-ops",
-                "10",
-                "-d",
-                DATA,
-                "-o",
-                str(out),
-            ]
-        )
-        == 2
-    )
-    assert "every grid point is over budget" in capsys.readouterr().err
+    run = run_cli(*grid, "--budget-ops", "10", "-d", DATA, "-o", out)
+    assert run.code == 2
+    assert "every grid point is over budget" in run.err
 
 
-def test_bad_inputs(arch, tmp_path, capsys):
-    out = str(tmp_path / "x.safetensors")
-    assert main(["scale", str(arch), "-o", out]) == 2  # no --phi
-    assert main(["scale", str(arch), "--phi", "2", "--grid", "-o", out]) == 2  # no dataset
-    assert (
-        main(["scale", str(arch), "--phi", "1", "--point", "9", "--grid-points", GRID, "-d", DATA, "-o", out])
-        == 2
-    )
-    assert main(["scale", str(arch), "--collect", "-o", out]) == 2  # no point files
-    assert "no point files" in capsys.readouterr().err
-    assert (
-        main(["scale", str(arch), "--phi", "1", "--grid-points", "1.2", "--grid", "-d", DATA, "-o", out]) == 2
-    )
+def test_bad_inputs(arch, tmp_path, run_cli):
+    out = tmp_path / "x.safetensors"
+    assert run_cli("scale", arch, "-o", out).code == 2  # no --phi
+    assert run_cli("scale", arch, "--phi", "2", "--grid", "-o", out).code == 2  # no dataset
+    run = run_cli("scale", arch, "--phi", "1", "--point", "9", "--grid-points", GRID, "-d", DATA, "-o", out)
+    assert run.code == 2
+    run = run_cli("scale", arch, "--collect", "-o", out)
+    assert run.code == 2  # no point files
+    assert "no point files" in run.err
+    run = run_cli("scale", arch, "--phi", "1", "--grid-points", "1.2", "--grid", "-d", DATA, "-o", out)
+    assert run.code == 2
 
 
-def test_a_grid_point_checkpoints_beside_its_point_file(arch, tmp_path, capsys, monkeypatch):
+def test_a_grid_point_checkpoints_beside_its_point_file(arch, tmp_path, run_cli, monkeypatch):
     import mncli.stages.scale as stage
     from mncli.artifact import read_manifest
 
     out = tmp_path / "c.safetensors"
-    args = ["scale", str(arch), "--phi", "2", "--point", "1", "--grid-points", GRID, "-d", DATA, *TRAIN]
+    args = ["scale", arch, "--phi", "2", "--point", "1", "--grid-points", GRID, "-d", DATA, *TRAIN]
     monkeypatch.setattr(stage, "remove_checkpoints", lambda path: None)  # keep them to look at
-    assert main([*args, "-o", str(out), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    run = run_cli(*args, "-o", out, "--json")
+    assert run.code == 0
+    result = run.json
     assert result["output"] == str(tmp_path / "c.point1.safetensors")
     assert (tmp_path / "c.point1.ckpt").is_dir() and not (tmp_path / "c.ckpt").exists()
     monkeypatch.undo()
-    assert main([*args, "--resume", "-o", str(out), "--json"]) == 0  # continues from that checkpoint
-    captured = capsys.readouterr()
-    assert "no checkpoint" not in captured.err
-    assert json.loads(captured.out)["val_acc"] == result["val_acc"]
+    run = run_cli(*args, "--resume", "-o", out, "--json")
+    assert run.code == 0  # continues from that checkpoint
+    assert "no checkpoint" not in run.err
+    assert run.json["val_acc"] == result["val_acc"]
     assert not (tmp_path / "c.point1.ckpt").exists()
-    assert main([*args, "--resume", "-o", str(tmp_path / "d.safetensors")]) == 0
-    err = capsys.readouterr().err
+    run = run_cli(*args, "--resume", "-o", tmp_path / "d.safetensors")
+    assert run.code == 0
+    err = run.err
     assert "no checkpoint in" in err and "d.point1.ckpt" in err  # --resume without one: from the start
     assert not (tmp_path / "d.point1.ckpt").exists()  # removed once the point file is written
     params = read_manifest(tmp_path / "d.point1.safetensors")["params"]

@@ -3,8 +3,6 @@ MBConv block with the sliced weights, the weights exist once, and a search runs 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -93,20 +91,18 @@ def test_fused_candidates_keep_their_own_weights_beside_the_shared_ones():
 
 
 @pytest.mark.parametrize("ops", [None, "k3_e3,fu_k3_e1,fu_k3_e2,zero"])
-def test_a_search_runs_with_shared_weights(tmp_path, capsys, ops):
-    from mncli.cli.app import main
-
+def test_a_search_runs_with_shared_weights(tmp_path, run_cli, ops):
     out = tmp_path / "arch.safetensors"
-    code = main(
-        [
+    run = run_cli(
+        *[
             "search", "-d", "synthetic:classes=3,shape=1x12x12,train=64,test=16", "--val-size", "16",
             "--widths", "8,16", "--repeats", "2,1", "--strides", "1,2", "--stem-channels", "8",
             "--weights-warmup-epochs", "1", "--epochs", "1", "--batch-size", "16", "--shared-weights",
-            "-o", str(out), "--json",
+            "-o", out, "--json",
         ] + (["--ops", ops, "--se-ratio", "0.25", "--act", "hswish", "--stem-stride", "2"] if ops else [])
     )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    result = json.loads(capsys.readouterr().out)
+    assert run.code == 0, run.err
+    result = run.json
     from mncli.artifact import load_artifact
 
     manifest = load_artifact(out)[1]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -60,39 +58,41 @@ def test_the_derived_network_trains(searched):
     assert model(x).shape == (8, 3)
 
 
-def test_impossible_target_is_bad_input(tmp_path, capsys):
-    code = main(
-        ["search", "-d", DATA, *SPACE, *QUICK, "--target-ops", "1000", "-o", str(tmp_path / "a.safetensors")]
+def test_impossible_target_is_bad_input(tmp_path, run_cli):
+    run = run_cli(
+        "search", "-d", DATA, *SPACE, *QUICK, "--target-ops", "1000", "-o", tmp_path / "a.safetensors"
     )
-    assert code == 2
-    assert "below the cheapest network" in capsys.readouterr().err
+    assert run.code == 2
+    assert "below the cheapest network" in run.err
     assert not (tmp_path / "a.safetensors").exists()
 
 
-def test_unknown_op_and_conflicting_targets_are_bad_input(tmp_path, capsys):
-    out = str(tmp_path / "a.safetensors")
-    assert main(["search", "-d", DATA, "--ops", "k3_e3,dilated", "-o", out]) == 2
-    assert "unknown candidate op 'dilated'" in capsys.readouterr().err
-    assert main(["search", "-d", DATA, "--target-ops", "1e6", "--target-params", "1e4", "-o", out]) == 2
-    assert "give one cost target" in capsys.readouterr().err
-    assert main(["search", "-d", DATA, "--cost", "params", "--target-ops", "1e6", "-o", out]) == 2
-    capsys.readouterr()
+def test_unknown_op_and_conflicting_targets_are_bad_input(tmp_path, run_cli):
+    out = tmp_path / "a.safetensors"
+    run = run_cli("search", "-d", DATA, "--ops", "k3_e3,dilated", "-o", out)
+    assert run.code == 2
+    assert "unknown candidate op 'dilated'" in run.err
+    run = run_cli("search", "-d", DATA, "--target-ops", "1e6", "--target-params", "1e4", "-o", out)
+    assert run.code == 2
+    assert "give one cost target" in run.err
+    assert run_cli("search", "-d", DATA, "--cost", "params", "--target-ops", "1e6", "-o", out).code == 2
     # the ops are checked before any data is read: this dataset is not there
-    missing = ["-d", "cifar10", "--data-dir", str(tmp_path / "nothing")]
-    assert main(["search", *missing, "--ops", "k3_e3,dilated", "-o", out]) == 2
-    assert "unknown candidate op 'dilated'" in capsys.readouterr().err
+    missing = ["-d", "cifar10", "--data-dir", tmp_path / "nothing"]
+    run = run_cli("search", *missing, "--ops", "k3_e3,dilated", "-o", out)
+    assert run.code == 2
+    assert "unknown candidate op 'dilated'" in run.err
 
 
 @pytest.mark.parametrize(
     "option", [["--cost-loss", "mul#lgo"], ["--cost", "flops"], ["--binary-mode", "three"], ["--act", "gelu"]]
 )
-def test_a_typo_in_a_choice_fails_while_parsing(tmp_path, capsys, option):
+def test_a_typo_in_a_choice_fails_while_parsing(tmp_path, run_cli, option):
     import time
 
     started = time.perf_counter()
-    code = main(["search", "-d", "cifar10", *option, "-o", str(tmp_path / "a.safetensors")])
-    assert code == 2
-    err = capsys.readouterr().err
+    run = run_cli("search", "-d", "cifar10", *option, "-o", tmp_path / "a.safetensors")
+    assert run.code == 2
+    err = run.err
     assert "Invalid value" in err and option[0] in err and option[1] in err
     assert time.perf_counter() - started < 2  # no data, no super-network
 
@@ -110,39 +110,25 @@ def test_the_search_records_its_options_beside_the_training(searched):
     assert [h["phase"] for h in manifest["search"]["history"]] == ["warm-up", "search"]
 
 
-def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, capsys):
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, run_cli):
     out = tmp_path / "r.safetensors"
     args = ["search", "-d", DATA, *SPACE, *QUICK, "--target-ops", "2e5", "--warmup-epochs", "0.5"]
-    assert main([*args, "--resume", "-o", str(out), "--json"]) == 0
-    captured = capsys.readouterr()
-    assert "no checkpoint in" in captured.err and "starting from the beginning" in captured.err
-    assert json.loads(captured.out)["output"] == str(out)
+    run = run_cli(*args, "--resume", "-o", out, "--json")
+    assert run.code == 0
+    assert "no checkpoint in" in run.err and "starting from the beginning" in run.err
+    assert run.json["output"] == str(out)
     from mncli.artifact import read_manifest
 
     assert read_manifest(out)["params"]["train"]["warmup_epochs"] == 0.5
     assert not (tmp_path / "r.ckpt").exists()  # the checkpoints go once the output is written
 
 
-def test_json_result_names_costs(searched, tmp_path, capsys):
+def test_json_result_names_costs(searched, tmp_path, run_cli):
     out = tmp_path / "b.safetensors"
-    code = main(
-        [
-            "search",
-            "-d",
-            DATA,
-            *SPACE,
-            *QUICK,
-            "--target-params",
-            "2500",
-            "--binary-mode",
-            "two",
-            "-o",
-            str(out),
-            "--json",
-        ]
-    )
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    target = ["--target-params", "2500", "--binary-mode", "two"]
+    run = run_cli("search", "-d", DATA, *SPACE, *QUICK, *target, "-o", out, "--json")
+    assert run.code == 0
+    result = run.json
     assert result["cost"] == "params" and result["target"] == 2500
     assert result["output"] == str(out)
     assert result["derived_cost"] == pytest.approx(result["score"]["params"])

@@ -1,13 +1,11 @@
 """`mncli ternarize` end to end on tiny synthetic data: the artifact round trip, sizes, masks, bad input."""
 
-import json
-
 import pytest
 import torch
 
+from conftest import tiny_artifact
 from mncli.artifact import load_artifact
-from mncli.bundle import bundle_from_arch, load_bundle, save_bundle
-from mncli.cli.app import main
+from mncli.bundle import load_bundle, save_bundle
 
 DATA = "synthetic:classes=4,shape=1x12x12,train=64,test=32"
 ARCH = {"in_channels": 1, "input_size": 12, "num_classes": 4, "width": 4}
@@ -16,10 +14,7 @@ FAST = ["-d", DATA, "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def fp_artifact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tern") / "fp.safetensors"
-    torch.manual_seed(0)
-    save_bundle(bundle_from_arch("test-resnet", ARCH), path, stage="train")
-    return path
+    return tiny_artifact(tmp_path_factory.mktemp("tern") / "fp.safetensors", "test-resnet", ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +32,6 @@ def pruned_artifact(fp_artifact):
     return path
 
 
-def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
-    code = main(["ternarize", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, (json.loads(captured.out) if code == 0 and "--json" in args else None), captured.err
-
-
 def assert_ternary_file(path, expected_layers: set[str]) -> dict:
     """Every ternary layer reloads to at most {-wn, 0, +wp} (wn, wp > 0), exactly the spec's numbers."""
     bundle = load_bundle(path)
@@ -58,10 +47,11 @@ def assert_ternary_file(path, expected_layers: set[str]) -> dict:
     return bundle
 
 
-def test_ttq_round_trip_layers_and_bytes(fp_artifact, tmp_path, capsys):
+def test_ttq_round_trip_layers_and_bytes(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "ttq.safetensors"
-    code, result, err = run_cli(capsys, fp_artifact, *FAST, "-o", out, "--json")
-    assert code == 0, err
+    run = run_cli("ternarize", fp_artifact, *FAST, "-o", out, "--json")
+    assert run.code == 0, run.err
+    result = run.json
     # default layers: block convs; the stem, the 1x1 shortcut and the classifier stay fp32
     blocks = {"layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2"}
     bundle = assert_ternary_file(out, blocks)
@@ -86,24 +76,26 @@ def test_ttq_round_trip_layers_and_bytes(fp_artifact, tmp_path, capsys):
     )
 
 
-def test_mit_variant_and_layer_patterns(fp_artifact, tmp_path, capsys):
+def test_mit_variant_and_layer_patterns(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "mit.safetensors"
-    code, result, err = run_cli(
-        capsys, fp_artifact, *FAST, "--variant", "mit", "--layers", "layer2.*", "--layers", "!*shortcut*",
-        "-o", out, "--json",
+    run = run_cli(
+        "ternarize", fp_artifact, *FAST, "--variant", "mit", "--layers", "layer2.*",
+        "--layers", "!*shortcut*", "-o", out, "--json",
     )  # fmt: skip
-    assert code == 0, err
+    assert run.code == 0, run.err
+    result = run.json
     assert_ternary_file(out, {"layer2.0.conv1", "layer2.0.conv2"})
     assert result["method"] == "ttq-mit" and result["threshold"] == 0.7
 
 
-def test_ec2t_keeps_pruned_zeros(pruned_artifact, tmp_path, capsys):
+def test_ec2t_keeps_pruned_zeros(pruned_artifact, tmp_path, run_cli):
     out = tmp_path / "ec2t.safetensors"
-    code, result, err = run_cli(
-        capsys, pruned_artifact, *FAST, "-m", "ec2t", "--retrain-epochs", "1", "--lambda-div", "0.175",
+    run = run_cli(
+        "ternarize", pruned_artifact, *FAST, "-m", "ec2t", "--retrain-epochs", "1", "--lambda-div", "0.175",
         "-o", out, "--json",
     )  # fmt: skip
-    assert code == 0, err
+    assert run.code == 0, run.err
+    result = run.json
     before = dict(load_bundle(pruned_artifact).model.named_modules())
     after = assert_ternary_file(out, set(result["layers"]))
     modules = dict(after.model.named_modules())
@@ -117,55 +109,55 @@ def test_ec2t_keeps_pruned_zeros(pruned_artifact, tmp_path, capsys):
     )
 
 
-def test_depthwise_excluded_by_default(tmp_path, capsys):
-    fp = tmp_path / "mb.safetensors"
-    save_bundle(bundle_from_arch("test-mbconv", {"in_channels": 1, "input_size": 12, "num_classes": 4}), fp,
-                stage="train")  # fmt: skip
+def test_depthwise_excluded_by_default(tmp_path, run_cli):
+    mbconv = {"in_channels": 1, "input_size": 12, "num_classes": 4}
+    fp = tiny_artifact(tmp_path / "mb.safetensors", "test-mbconv", mbconv, seed=None)
     model = load_bundle(fp).model
     convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     depthwise = {n for n, m in convs.items() if m.groups > 1 and m.groups == m.in_channels}
     out = tmp_path / "mb_t.safetensors"
-    code, result, err = run_cli(capsys, fp, *FAST, "--epochs", "0", "-o", out, "--json")
-    assert code == 0, err
+    run = run_cli("ternarize", fp, *FAST, "--epochs", "0", "-o", out, "--json")
+    assert run.code == 0, run.err
+    result = run.json
     assert depthwise and not depthwise & set(result["layers"])
     out2 = tmp_path / "mb_dw.safetensors"
-    code, result, err = run_cli(
-        capsys, fp, *FAST, "--epochs", "0", "--include-depthwise", "-o", out2, "--json"
-    )
-    assert code == 0, err
+    run = run_cli("ternarize", fp, *FAST, "--epochs", "0", "--include-depthwise", "-o", out2, "--json")
+    assert run.code == 0, run.err
+    result = run.json
     assert depthwise <= set(result["layers"])
     assert_ternary_file(out2, set(result["layers"]))
 
 
-def test_bad_input(fp_artifact, tmp_path, capsys):
+def test_bad_input(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "bad.safetensors"
-    code, _, err = run_cli(capsys, fp_artifact, *FAST, "--threshold", "1.5", "-o", out)
-    assert code == 2 and "outside (0, 1)" in err
-    code, _, err = run_cli(capsys, fp_artifact, *FAST, "--layers", "nothing.*", "-o", out)
-    assert code == 2 and "matches no layer" in err
+    run = run_cli("ternarize", fp_artifact, *FAST, "--threshold", "1.5", "-o", out)
+    assert run.code == 2 and "outside (0, 1)" in run.err
+    run = run_cli("ternarize", fp_artifact, *FAST, "--layers", "nothing.*", "-o", out)
+    assert run.code == 2 and "matches no layer" in run.err
     arch_only = tmp_path / "arch.safetensors"
-    save_bundle(bundle_from_arch("test-resnet", ARCH), arch_only, stage="search", weights=False)
-    code, _, err = run_cli(capsys, arch_only, *FAST, "-o", out)
-    assert code == 2 and "architecture-only" in err
-    code, _, err = run_cli(capsys, fp_artifact, *FAST, "-m", "ttq", "--grid", "-o", out)
-    assert code == 2 and "ec2t" in err
+    tiny_artifact(arch_only, "test-resnet", ARCH, weights=False, stage="search")
+    run = run_cli("ternarize", arch_only, *FAST, "-o", out)
+    assert run.code == 2 and "architecture-only" in run.err
+    run = run_cli("ternarize", fp_artifact, *FAST, "-m", "ttq", "--grid", "-o", out)
+    assert run.code == 2 and "ec2t" in run.err
     tern = tmp_path / "t.safetensors"
-    assert run_cli(capsys, fp_artifact, *FAST, "--epochs", "0", "-o", tern)[0] == 0
-    code, _, err = run_cli(capsys, tern, *FAST, "-o", out)
-    assert code == 2 and "already ternary" in err
+    assert run_cli("ternarize", fp_artifact, *FAST, "--epochs", "0", "-o", tern).code == 0
+    run = run_cli("ternarize", tern, *FAST, "-o", out)
+    assert run.code == 2 and "already ternary" in run.err
     assert not out.exists()
 
 
-def test_ec2t_grid_points_and_collect(fp_artifact, tmp_path, capsys):
+def test_ec2t_grid_points_and_collect(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "grid.safetensors"
     grid = ["-m", "ec2t", "--grid", "--ini-c", "0.45", "--lambda-div", "0.0,0.3", "--retrain-epochs", "0"]
     for k in (0, 1):
-        code, result, err = run_cli(capsys, fp_artifact, *FAST, *grid, "--point", k, "-o", out, "--json")
-        assert code == 0, err
+        run = run_cli("ternarize", fp_artifact, *FAST, *grid, "--point", k, "-o", out, "--json")
+        assert run.code == 0, run.err
         assert (tmp_path / f"grid.point{k}.safetensors").exists()
     assert not out.exists()
-    code, result, err = run_cli(capsys, fp_artifact, *FAST, *grid, "--collect", "-o", out, "--json")
-    assert code == 0, err
+    run = run_cli("ternarize", fp_artifact, *FAST, *grid, "--collect", "-o", out, "--json")
+    assert run.code == 0, run.err
+    result = run.json
     rows = {r["point"]: r for r in result["points"]}
     assert set(rows) == {0, 1}
     assert rows[1]["ternary_sparsity"] > rows[0]["ternary_sparsity"]  # larger lambda_div, more zeros
@@ -175,25 +167,24 @@ def test_ec2t_grid_points_and_collect(fp_artifact, tmp_path, capsys):
     assert manifest["grid"]["chosen"] == best["point"] and manifest["params"]["grid_point"] == best["point"]
 
 
-def test_dataset_defaults_to_the_one_the_input_was_trained_on(fp_artifact, tmp_path, capsys):
+def test_dataset_defaults_to_the_one_the_input_was_trained_on(fp_artifact, tmp_path, run_cli):
     no_dataset = FAST[2:]
     out = tmp_path / "t.safetensors"
-    code, _, err = run_cli(capsys, fp_artifact, *no_dataset, "-o", out)
-    assert code == 2 and "does not say which dataset" in err and not out.exists()
+    run = run_cli("ternarize", fp_artifact, *no_dataset, "-o", out)
+    assert run.code == 2 and "does not say which dataset" in run.err and not out.exists()
     trained = tmp_path / "trained.safetensors"  # an artifact that records its dataset
-    assert main(["train", str(fp_artifact), *FAST, "-o", str(trained)]) == 0
-    capsys.readouterr()
-    code, _, err = run_cli(capsys, trained, *no_dataset, "--epochs", "0", "-o", out)
-    assert code == 0, err
+    assert run_cli("train", fp_artifact, *FAST, "-o", trained).code == 0
+    run = run_cli("ternarize", trained, *no_dataset, "--epochs", "0", "-o", out)
+    assert run.code == 0, run.err
     assert load_artifact(out)[1]["data"]["dataset"] == DATA
 
 
-def test_choice_typos_fail_while_parsing(fp_artifact, tmp_path, capsys):
+def test_choice_typos_fail_while_parsing(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "typo.safetensors"
     for option, value in (("--method", "tqq"), ("--variant", "mitt"), ("--scale-init", "max"),
                           ("--select-by", "acc")):  # fmt: skip
-        code, _, err = run_cli(capsys, fp_artifact, *FAST, option, value, "-o", out)
-        assert code == 2 and value in err, (option, err)
+        run = run_cli("ternarize", fp_artifact, *FAST, option, value, "-o", out)
+        assert run.code == 2 and value in run.err, (option, run.err)
     assert not out.exists()
 
 
@@ -230,24 +221,25 @@ def test_method_defaults_fill_the_training_options(method, variant, given, expec
     assert {key: getattr(opts, key) for key in expected} == expected
 
 
-def test_new_training_options_reach_the_run(fp_artifact, tmp_path, capsys):
+def test_new_training_options_reach_the_run(fp_artifact, tmp_path, run_cli):
     """--precision, --augment and --optimizer come from the shared training options."""
     out = tmp_path / "opts.safetensors"
-    code, result, err = run_cli(
-        capsys, fp_artifact, *FAST, "--precision", "fp32", "--augment", "none", "--optimizer", "adam",
+    run = run_cli(
+        "ternarize", fp_artifact, *FAST, "--precision", "fp32", "--augment", "none", "--optimizer", "adam",
         "--lr", "0.001", "-o", out, "--json",
     )  # fmt: skip
-    assert code == 0, err
+    assert run.code == 0, run.err
+    result = run.json
     train = load_bundle(out).manifest["params"]["train"]
     assert train["precision"] == "fp32" and train["optimizer"] == "adam" and train["lr"] == 0.001
     assert train["schedule"] == "step" and train["weight_decay"] == 2e-4  # still TTQ's
     assert result["output"] == str(out)
 
 
-def test_resume_without_checkpoint_starts_from_the_beginning(fp_artifact, tmp_path, capsys):
+def test_resume_without_checkpoint_starts_from_the_beginning(fp_artifact, tmp_path, run_cli):
     out = tmp_path / "resume.safetensors"
-    code, _, err = run_cli(capsys, fp_artifact, *FAST, "--resume", "-o", out)
-    assert code == 0 and "no checkpoint" in err and out.exists()
+    run = run_cli("ternarize", fp_artifact, *FAST, "--resume", "-o", out)
+    assert run.code == 0 and "no checkpoint" in run.err and out.exists()
     assert not (tmp_path / "resume.ckpt").exists()
 
 

@@ -13,6 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+# Typer 0.26 (pinned in pyproject) carries its own copy of click: its exceptions are these.
+from typer._click.exceptions import Abort, ClickException, NoArgsIsHelpError
+
 from mncli.cli.options import OUTPUT
 from mncli.errors import BadInput, MncliError
 from mncli.log import is_quiet, is_verbose, set_verbosity
@@ -123,36 +126,45 @@ for _info in app.registered_commands:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; turn errors into one line on stderr and an exit code (2 bad input, 1 runtime).
-
-    Usage errors (unknown option, bad value) are Typer's own: it prints them and exits with 2."""
+    """Run the CLI; turn every error into one line on stderr and an exit code: 2 for bad input
+    (usage errors included), 1 for a runtime failure, 130/143 for a stop on a signal."""
     try:
-        app(args=argv, prog_name="mncli")
-        return 0
+        result = app(args=argv, prog_name="mncli", standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Abort:  # Ctrl-C while Typer was still reading the command line
+        _say("interrupted")
+        return 130
+    except NoArgsIsHelpError as exc:  # `mncli` or `mncli CMD` alone: the help, as a usage error
+        exc.show()
+        return exc.exit_code
+    except ClickException as exc:  # a usage error: unknown option, bad value, missing argument
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "mncli"
+        _say(f"[red]error:[/red] {exc.format_message()}", f"see `{command} --help`")
+        return exc.exit_code
     except MncliError as exc:
         if is_verbose():
             traceback.print_exc()
         interrupted = exc.exit_code in (130, 143)  # a clean stop on a signal is not an error
-        prefix = "" if interrupted else "[red]error:[/red] "
-        log_stderr.print(f"{prefix}{exc.message}", highlight=False)
-        if exc.hint:
-            log_stderr.print(f"hint: {exc.hint}", highlight=False)
+        _say(exc.message if interrupted else f"[red]error:[/red] {exc.message}", exc.hint)
         return exc.exit_code
     except KeyboardInterrupt:
-        log_stderr.print("interrupted")
+        _say("interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if is_verbose():
             traceback.print_exc()
         else:
-            log_stderr.print(
-                f"[red]error:[/red] unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)",
-                highlight=False,
-            )
+            _say(f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}", "run with -v for the traceback")
         return 1
+
+
+def _say(message: str, hint: str | None = None) -> None:
+    """One line on stderr: the message, and the hint in brackets."""
+    text = f"{message} (hint: {hint})" if hint else message
+    log_stderr.print(" ".join(text.split()), highlight=False)
 
 
 def entry() -> None:
