@@ -9,14 +9,14 @@ stay zero (`kept_masks`).
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
 from mncli.stages.compression import Run, run_stage
-from mncli.stages.training import TrainOptions
+from mncli.stages.training import TrainOptions, as_record
 from mncli.text import parse_choice
 
 
@@ -170,12 +170,7 @@ class Pruning:
         return result
 
     def params(self) -> dict:
-        record = asdict(self.config)
-        for key, value in record.items():
-            if isinstance(value, StrEnum):
-                record[key] = value.value
-        record["recipe"] = None if self.config.recipe is None else str(self.config.recipe)
-        return record
+        return as_record(self.config)
 
     # --- layers, targets, schedule
     def targets(self, model, specs: dict, opts: TrainOptions | None = None) -> dict[str, float]:

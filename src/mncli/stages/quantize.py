@@ -13,13 +13,13 @@ few epochs since the input is a trained network.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
 from mncli.stages.compression import Run, run_stage
-from mncli.stages.training import TrainOptions
+from mncli.stages.training import TrainOptions, as_record
 from mncli.text import fmt_pct, parse_choice
 
 STAGE = "quantize"
@@ -137,9 +137,7 @@ class Quantization:
         }
 
     def params(self) -> dict:
-        values = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
-        return {k: (v.value if isinstance(v, enum.Enum) else str(v) if isinstance(v, Path) else v)
-                for k, v in values.items()}  # fmt: skip
+        return as_record(self.config)
 
     # --- the steps of apply
     def _plans(self, model, specs: dict) -> dict:

@@ -11,12 +11,18 @@ with make -j chooses what the sequential run does.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
-from mncli.stages.training import TrainOptions, check_model_fits_data, remove_checkpoints, run_training
+from mncli.stages.training import (
+    TrainOptions,
+    as_record,
+    check_model_fits_data,
+    remove_checkpoints,
+    run_training,
+)
 
 # The short training of every grid point.
 TRAIN_DEFAULTS = dict(epochs=5, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4, schedule="cosine")
@@ -63,7 +69,7 @@ class ScaleConfig:
 
     def params(self) -> dict:
         """The scaling's options as the manifest records them beside params["train"]."""
-        return asdict(self)
+        return as_record(self)
 
 
 @dataclass

@@ -13,12 +13,12 @@ import enum
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
-from mncli.stages.training import TrainOptions, remove_checkpoints, run_training
+from mncli.stages.training import TrainOptions, as_record, remove_checkpoints, run_training
 from mncli.text import parse_choice
 
 # The weight training of a search (ProxylessNAS's recipe; `epochs` are those after the warm-up).
@@ -141,7 +141,7 @@ class SearchConfig:
 
     def params(self) -> dict:
         """The search's options as the manifest records them beside params["train"]."""
-        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+        return as_record(self)
 
 
 def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classes: int):

@@ -9,14 +9,14 @@ validation as OUT.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
-from enum import Enum, StrEnum
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
 from mncli.stages.compression import Run, run_stage
-from mncli.stages.training import TrainOptions
+from mncli.stages.training import TrainOptions, as_record
 from mncli.text import fmt_pct, parse_choice
 
 
@@ -229,7 +229,7 @@ class Ternarization:
         }
 
     def params(self) -> dict:
-        record = {k: (str(v) if isinstance(v, Enum) else v) for k, v in asdict(self.config).items()}
+        record = as_record(self.config)
         record["ini_c"], record["lambda_div"] = self.ec2t_point()
         if self.point is not None:
             record.update(grid_point=self.point, grid=grid_points(self.config))

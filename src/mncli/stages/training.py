@@ -18,7 +18,7 @@ uses it, the same field in `engine.config.TrainConfig`.
 from __future__ import annotations
 
 import shutil
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,15 +189,29 @@ class TrainOptions:
 
     def params(self) -> dict:
         """The manifest's record of the run (`params["train"]`): every option that shapes the result."""
-        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        record = as_record(self)
         for key in ("resume", "download", "data_dir"):
             record.pop(key)
-        if record["milestones"] is not None:
-            record["milestones"] = list(record["milestones"])
         if self.dataset is not None:
             record["augment"] = self.augmentation().to_dict()
         record["split_seed"] = SPLIT_SEED
         return record
+
+
+def as_record(options: Any) -> dict:
+    """A dataclass of options as a manifest records it: choices by value, paths as strings."""
+    from enum import Enum
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return {f.name: plain(getattr(options, f.name)) for f in fields(options)}
 
 
 def ckpt_dir(out: Path | None, phase: str | None = None) -> Path | None:
