@@ -26,6 +26,7 @@ def compressed_state():
     state["conv3.weight"] = torch.clamp(torch.round(state["conv3.weight"] / scale), -8, 7) * scale
     state["conv3.weight_scale"] = scale
     state["fc.weight"] = state["fc.weight"].half().float()
+    state["conv1.act_quant.scale"] = torch.tensor([0.05])  # conv1's 8-bit input quantizer (its spec's act)
     specs = {
         "conv1": {"weight": {"format": "float", "bits": 32}, "mask": True, "act": {"bits": 8}},
         "conv2": {"weight": {"format": "ternary", "bits": 2, "wp": 0.5, "wn": 0.25}, "mask": True},

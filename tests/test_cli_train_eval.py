@@ -77,6 +77,7 @@ def test_bad_input_exits_2(tmp_path, run_cli, args, text):
 
 def test_missing_dataset_exits_2_with_places(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("MNCLI_DATA", str(tmp_path / "nowhere"))
+    (tmp_path / "nowhere").mkdir()  # exists, lacks mnist (a missing one is its own error: test_data_hostile)
     run = run_cli("train", "--arch", "lenet5", "-d", "mnist", "-o", tmp_path / "x.safetensors")
     assert run.code == 2
     err = run.err

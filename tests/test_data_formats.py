@@ -112,6 +112,8 @@ def test_mncli_data_env_is_searched(tmp_path, monkeypatch):
 
 def test_missing_dataset_lists_places_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("MNCLI_DATA", str(tmp_path / "env"))
+    (tmp_path / "env").mkdir()  # folders that exist but lack the dataset (missing ones: test_data_hostile)
+    (tmp_path / "mine").mkdir()
     with pytest.raises(BadInput) as info:
         load_data("cifar10", data_dir=tmp_path / "mine")
     message = info.value.message

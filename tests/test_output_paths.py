@@ -84,3 +84,10 @@ def test_an_existing_artifact_is_replaced_unless_no_clobber(tmp_path, run_cli):
     assert run_cli(*TRAIN, "--seed", "1", "-o", out, "-q").code == 0  # replaced
     _refused(run_cli, [*TRAIN, "-o", str(out), "-n"], tmp_path, "--no-clobber keeps it")
     _refused(run_cli, [*TRAIN, "-o", str(out), "--no-clobber"], tmp_path, "--no-clobber keeps it")
+
+
+def test_a_file_where_the_checkpoints_go_is_refused(tmp_path, run_cli):
+    (tmp_path / "a.ckpt").write_text("not a folder")
+    run = run_cli(*TRAIN, "-o", tmp_path / "a.safetensors")
+    assert run.code == 2 and "where checkpoints go" in run.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]

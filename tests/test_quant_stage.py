@@ -95,8 +95,12 @@ def test_a_choice_typo_is_rejected_while_parsing(fp_artifact, tmp_path, run_cli,
 def test_unknown_method_from_python_is_bad_input():
     with pytest.raises(BadInput, match="unknown method 'xnor'"):
         QuantizeConfig(method="xnor").validate()
-    config = QuantizeConfig(method="pact", calibration="percentile").validate()
-    assert config.method is QuantizeMethod.PACT and config.calibration is Calibration.PERCENTILE
+    config = QuantizeConfig(method="pact").validate()
+    assert config.method is QuantizeMethod.PACT
+    config = QuantizeConfig(ptq=True, calibration="percentile").validate()
+    assert config.calibration is Calibration.PERCENTILE
+    with pytest.raises(BadInput, match="--calibration belongs to --ptq"):
+        QuantizeConfig(calibration="percentile").validate()
 
 
 def test_recipe_with_an_unknown_key_is_refused(fp_artifact, tmp_path, run_cli):

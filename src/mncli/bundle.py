@@ -11,8 +11,10 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from mncli.artifact import codec
 from mncli.errors import BadInput, MncliError
 from mncli.log import log
 
@@ -50,20 +52,84 @@ def attach_specs(model: nn.Module, specs: dict[str, dict]) -> None:
         install_act_quantizers(model, specs)
 
 
+def _one_line(text: object, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _bad(path: Path, message: str, hint: str | None = None) -> BadInput:
+    """One line naming the file (messages from below may not, and may run over several lines)."""
+    message = _one_line(message, 300)
+    return BadInput(message if str(path) in message else f"{path}: {message}", hint=hint)
+
+
+def _build(arch: dict, specs: dict, path: Path) -> nn.Module:
+    """The manifest's architecture with its layer specs installed; BadInput for whatever it cannot be."""
+    from mncli.models import build_model
+
+    try:
+        model = build_model(arch)
+        _check_specs(model, specs, path)
+        attach_specs(model, specs)
+    except BadInput as exc:
+        raise _bad(path, exc.message, exc.hint) from None
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise _bad(path, f"cannot build architecture {arch.get('name')!r} from the manifest: {exc}") from None
+    return model
+
+
+def _check_specs(model: nn.Module, specs: dict, path: Path) -> None:
+    """Every layer spec names a layer of the model, and one with a weight where it describes one."""
+    modules = dict(model.named_modules())
+    for name, spec in specs.items():
+        if not name or name not in modules:
+            raise BadInput(
+                f"{path}: the compression spec names layer {name!r}, "
+                f"which {model.arch['name']} does not have",
+                hint="`mncli inspect` the artifact to see its layers",
+            )
+        describes_weight = spec.get("weight") not in (None, codec.FLOAT32) or spec.get("mask")
+        if describes_weight and not isinstance(getattr(modules[name], "weight", None), torch.Tensor):
+            raise BadInput(f"{path}: the compression spec describes the weight of {name!r}, which has none")
+
+
+def _check_state(model: nn.Module, state: dict, arch: dict, path: Path) -> None:
+    """The decoded tensors are exactly the model's, with its shapes and dtypes."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise BadInput(
+            f"{path}: weights do not fit architecture {arch['name']}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise BadInput(
+                f"{path}: weights do not fit architecture {arch['name']}: {key} is stored as "
+                f"{list(got.shape)}, the architecture needs {list(want.shape)}",
+                hint="the manifest's arch no longer describes these tensors",
+            )
+        if got.dtype != want.dtype:
+            raise BadInput(
+                f"{path}: weights do not fit architecture {arch['name']}: {key} is stored as "
+                f"{got.dtype}, the architecture needs {want.dtype}"
+            )
+
+
 def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
     """Read an artifact into a runnable model (eval mode, CPU).
 
     An architecture-only artifact (search output) gives a freshly initialised model, or a
-    BadInput when the caller needs trained weights.
+    BadInput when the caller needs trained weights. Whatever in the manifest does not fit (an
+    architecture that cannot be built or no longer fits the tensors, specs naming layers the
+    model lacks) is one BadInput line naming the file.
     """
-    from mncli.artifact import codec, load_artifact
-    from mncli.models import build_model
+    from mncli.artifact import load_artifact
 
     path = Path(path)
-    tensors, manifest = load_artifact(path)
-    arch = manifest.get("arch")
-    if not isinstance(arch, dict) or "name" not in arch:
-        raise BadInput(f"{path} has no architecture in its manifest")
+    tensors, manifest = load_artifact(path)  # the schema holds: arch and specs are dicts
+    arch = manifest["arch"]
     specs = dict(manifest.get("compression", {}).get("layers", {}) or {})
     has_weights = bool(tensors)
     if not tensors and require_weights:
@@ -72,26 +138,24 @@ def load_bundle(path: Path | str, *, require_weights: bool = True) -> Bundle:
             hint=f"train it first: mncli train {path} --dataset D -o trained.safetensors",
         )
     if not tensors:
-        model = build_model(arch)  # architecture only: a freshly initialised model
-        attach_specs(model, specs)
+        model = _build(arch, specs, path)  # architecture only: a freshly initialised model
     else:
         from mncli.scoring import meta_device
 
         # Built on the meta device and filled with the decoded tensors themselves (assign=True):
         # no random initialisation, and memory stays near the decoded state's own size.
         with meta_device():
-            model = build_model(arch)
-            attach_specs(model, specs)
-        state = codec.decode_state(tensors, specs)
+            model = _build(arch, specs, path)
+        try:
+            state = codec.decode_state(tensors, specs)
+        except BadInput as exc:
+            raise _bad(path, exc.message, exc.hint) from None
         del tensors
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise BadInput(
-                f"{path}: weights do not fit architecture {arch['name']}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        model.load_state_dict(state, strict=True, assign=True)
+        _check_state(model, state, arch, path)
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except (RuntimeError, ValueError, TypeError) as exc:  # never, after _check_state
+            raise _bad(path, f"weights do not fit architecture {arch['name']}: {exc}") from None
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
             if tensor.is_meta:
                 raise BadInput(f"{path}: no value for {name} in the artifact")

@@ -259,8 +259,9 @@ def decode_state(
             if "shape" not in parts:
                 raise ValueError("no shape")
             out.update(_decode_group(name, parts, specs))
-        except (ValueError, RuntimeError, TypeError) as exc:
+        except (ValueError, RuntimeError, TypeError, IndexError, OverflowError) as exc:
             raise BadInput(
-                f"malformed stored weight {name!r}: {exc}", hint="`mncli verify` the artifact"
+                f"malformed stored weight {name!r}: {' '.join(str(exc).split())[:200]}",
+                hint="`mncli verify` the artifact",
             ) from None
     return dict(sorted(out.items()))

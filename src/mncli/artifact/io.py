@@ -4,8 +4,13 @@ The writer is our own (the safetensors format is 8 bytes of little-endian header
 header, then the tensor data) so the bytes are fully determined by the inputs: header keys sorted,
 compact JSON padded with spaces to 8 bytes, data ordered by element size then name (every tensor
 aligned), zero-tensor files allowed. The safetensors library reads the result as a normal file.
-Reading parses the header ourselves, never unpickles, and turns every malformed input into one
-BadInput line.
+Reading never unpickles, and turns every malformed input into one BadInput line. It opens the file
+once: the safetensors library's own parser checks that open file (reopened by its /proc/self/fd
+name), and header, manifest and tensor data are all read from it, so a reader racing an atomic
+replacement sees one version whole. The header is then also refused for what the format forbids but
+the library lets through (duplicate keys), and the manifest JSON for duplicate keys, NaN and nesting
+deeper than MAX_DEPTH. Writers of one path rename the artifact and its sidecar into place under a
+lock per output path (`output_lock`), so concurrent writers leave a pair from one of them.
 """
 
 from __future__ import annotations
@@ -13,16 +18,26 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
+import safetensors
 import torch
 
 from mncli.artifact.hashing import DTYPES, ITEMSIZE, content_sha256, dtype_name, hash_entries, tensor_bytes
-from mncli.artifact.manifest import FORMAT, canonical_json, check_manifest, pretty_json, resolve_parent
+from mncli.artifact.manifest import (
+    FORMAT,
+    canonical_json,
+    check_manifest,
+    pretty_json,
+    resolve_parent,
+    seal_manifest,
+)
 from mncli.artifact.schema import validate
-from mncli.artifact.tempfiles import make_temporary
+from mncli.artifact.tempfiles import make_temporary, output_lock
 from mncli.errors import BadInput, RuntimeFailure
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
@@ -115,13 +130,15 @@ def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 
 def _atomic_write_files(items: list[tuple[Path, Callable[[IO[bytes]], None]]]) -> None:
-    """Write every file to a temporary first, then rename them all into place (the data file first)."""
+    """Write every file to a temporary first, then rename them all into place (the data file first)
+    under the lock of the first path, so that concurrent writers never mix their files."""
     temporaries: list[tuple[Path, Path]] = []
     try:
         for path, write in items:
             temporaries.append((_write_temporary(path, write), path))
-        for tmp, path in temporaries:
-            os.replace(tmp, path)
+        with output_lock(items[0][0]):
+            for tmp, path in temporaries:
+                os.replace(tmp, path)
     except BaseException:
         for tmp, _ in temporaries:
             tmp.unlink(missing_ok=True)
@@ -171,7 +188,7 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], man
     if "__metadata__" in tensors or any(not isinstance(n, str) for n in tensors):
         raise RuntimeFailure("tensor names must be strings other than '__metadata__'")
     _refuse_overwriting_parents(path, manifest)
-    manifest = {**manifest, "content_sha256": content_sha256(tensors)}
+    manifest = seal_manifest({**manifest, "content_sha256": content_sha256(tensors)})
     manifest.setdefault("format", FORMAT)
     try:
         written = json.loads(canonical_json(manifest))
@@ -197,33 +214,158 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], man
 
 # ---------------------------------------------------------------- reading
 
+MAX_DEPTH = 128  # nesting of the manifest JSON: serde_json's limit, which the library applies to the header
 
-def _not_safetensors(path: Path, head: bytes) -> BadInput:
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _not_a_constant(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: duplicate keys, NaN/Infinity and numbers out of range are errors; RecursionError
+    (nesting deeper than the interpreter can parse) comes out as ValueError."""
+    try:
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_float=_finite, parse_constant=_not_a_constant
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _not_safetensors(path: Path, head: bytes, reason: str | None = None) -> BadInput:
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return BadInput(
             f"{path}: not a safetensors file (it looks like a pickled PyTorch checkpoint)", hint=IMPORT_HINT
         )
-    return BadInput(f"{path}: not a safetensors file (or truncated)", hint="is this an mncli artifact?")
+    why = f"its header: {_one_line(reason, 120)}" if reason else "or truncated"
+    return BadInput(f"{path}: not a safetensors file ({why})", hint="is this an mncli artifact?")
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
-    """(header JSON, offset where the data starts, file size) without reading any tensor data."""
-    path = Path(path)
-    if not path.exists():
-        raise BadInput(f"{path}: no such file", hint="check the path")
-    if not path.is_file():
-        raise BadInput(f"{path}: not a file")
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise BadInput(f"{path}: truncated or empty file ({size} bytes)")
-        length = int.from_bytes(head, "little")
-        if length > MAX_HEADER or 8 + length > size:
-            raise _not_safetensors(path, head)
-        raw = f.read(length)
+def _open_file(path: Path) -> IO[bytes]:
+    """The one open file every read of `path` works from. O_NONBLOCK so that a FIFO cannot hang us."""
     try:
-        header = json.loads(raw.decode("utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadInput(f"{path}: no such file", hint="check the path") from None
+    except PermissionError:
+        raise BadInput(f"{path}: permission denied", hint="check the file's permissions") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot open: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"{path}: not a file")
+    return os.fdopen(fd, "rb")
+
+
+def _reopen_path(f: IO[bytes], path: Path) -> str:
+    """A name that opens the very file `f` is open on (not whatever `path` names by now)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(folder):
+            return f"{folder}/{f.fileno()}"
+    return str(path)  # no such folder on this system: the library opens the path itself
+
+
+def _check_format(f: IO[bytes], path: Path, head: bytes, raw: bytes, size: int) -> None:
+    """The safetensors library's own parser on the open file: BadInput unless it accepts it."""
+    try:
+        with safetensors.safe_open(_reopen_path(f, path), framework="numpy"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, or whatever else the parser raises
+        raise _format_error(path, head, raw, size - 8 - len(raw), exc) from None
+
+
+def _format_error(path: Path, head: bytes, raw: bytes, data_len: int, exc: Exception) -> BadInput:
+    """One line for what the library refused, worded from the header where it parses as JSON."""
+    reason = str(exc).partition(": ")[2] or str(exc) or type(exc).__name__
+    try:
+        header = _loads(raw.decode("utf-8"))
+    except _DuplicateKey as dup:
+        return BadInput(f"{path}: duplicate key {dup.key!r} in the safetensors header")
+    except (UnicodeDecodeError, ValueError):
+        return _not_safetensors(path, head, reason)
+    if not isinstance(header, dict):
+        return _not_safetensors(path, head, reason)
+    if "not fully covered" in reason:
+        ends = []
+        for name, info in header.items():
+            offsets = info.get("data_offsets") if isinstance(info, dict) and name != "__metadata__" else None
+            if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
+                ends.append((offsets[1], name))
+        end, name = max(ends, default=(0, None), key=lambda e: e[0])
+        if end > data_len:
+            return BadInput(
+                f"{path}: truncated file (tensor {name!r} ends past the end of the file)",
+                hint="the file was cut short; re-run the stage that wrote it",
+            )
+        if end < data_len:
+            return BadInput(
+                f"{path}: {data_len - end} bytes after the last tensor's data"
+                " (the format forbids trailing bytes)"
+            )
+    reason = reason.removeprefix("invalid JSON in header: ")
+    return BadInput(f"{path}: invalid safetensors header: {_one_line(reason)}")
+
+
+def _read_header(f: IO[bytes], path: Path) -> tuple[dict, int, int]:
+    """(header JSON, offset where the data starts, file size) of the open file, checked by the
+    safetensors library, without reading any tensor data."""
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+        raise BadInput(f"{path}: truncated or empty file ({size} bytes)")
+    length = int.from_bytes(head, "little")
+    if length > MAX_HEADER or 8 + length > size:
+        raise _not_safetensors(path, head)
+    raw = f.read(length)
+    if len(raw) != length:
+        raise _not_safetensors(path, head)
+    _check_format(f, path, head, raw, size)
+    try:  # the format forbids what the library lets through: duplicate keys
+        header = _loads(raw.decode("utf-8"))
+    except _DuplicateKey as dup:
+        raise BadInput(f"{path}: duplicate key {dup.key!r} in the safetensors header") from None
     except (UnicodeDecodeError, ValueError):
         raise _not_safetensors(path, head) from None
     if not isinstance(header, dict):
@@ -231,45 +373,82 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
     return header, 8 + length, size
 
 
+def read_header(path: str | os.PathLike) -> tuple[dict, int, int]:
+    """(header JSON, offset where the data starts, file size) without reading any tensor data."""
+    path = Path(path)
+    with _open_file(path) as f:
+        return _read_header(f, path)
+
+
 def _entries(header: dict, data_len: int, path: Path) -> list[tuple[str, str, list[int], int, int]]:
-    """The tensor entries (name, dtype, shape, begin, end), checked against the data length."""
+    """The tensor entries (name, dtype, shape, begin, end) of a header the library accepted."""
     out = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-            ok = dtype in ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in shape)
-            ok = ok and isinstance(begin, int) and 0 <= begin <= end
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, begin, end])
         except (KeyError, TypeError, ValueError):
             ok = False
-        if not ok:
+        if not ok or not begin <= end <= data_len:  # never, after the library's checks
             raise BadInput(f"{path}: malformed header entry for tensor {name!r}")
-        if end - begin != math.prod(shape) * ITEMSIZE[dtype]:
-            raise BadInput(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {dtype}")
-        if end > data_len:
+        if dtype not in ITEMSIZE:
             raise BadInput(
-                f"{path}: truncated file (tensor {name!r} ends past the end of the file)",
-                hint="the file was cut short; re-run the stage that wrote it",
+                f"{path}: tensor {name!r} has dtype {dtype}, which mncli does not read",
+                hint=f"mncli reads {', '.join(ITEMSIZE)}",
             )
         out.append((name, dtype, shape, begin, end))
     return out
+
+
+def _parse_manifest(header: dict, path: Path) -> Any:
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or KEY not in meta:
+        raise BadInput(f"{path}: a safetensors file without an mncli manifest", hint=IMPORT_HINT)
+    try:
+        manifest = _loads(meta[KEY])
+    except _DuplicateKey as dup:
+        raise BadInput(f"{path}: duplicate key {dup.key!r} in the mncli manifest") from None
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{path}: the mncli manifest is not valid JSON ({_one_line(exc, 80)})") from None
+    if _depth(manifest) > MAX_DEPTH:
+        raise BadInput(f"{path}: the mncli manifest nests deeper than {MAX_DEPTH} levels")
+    return manifest
+
+
+class _Opened(NamedTuple):
+    file: IO[bytes]
+    manifest: Any  # as stored, not yet checked against the schema
+    entries: list[tuple[str, str, list[int], int, int]]
+    data_start: int
+    size: int
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[_Opened]:
+    """The artifact at `path`, opened once: header, manifest and (read from `file`) tensor data all
+    come from the same file, so an atomic replacement meanwhile cannot mix two versions."""
+    with _open_file(path) as f:
+        header, data_start, size = _read_header(f, path)
+        entries = _entries(header, size - data_start, path)
+        yield _Opened(f, _parse_manifest(header, path), entries, data_start, size)
 
 
 def read_raw(path: str | os.PathLike) -> tuple[Any, list[tuple[str, str, list[int], int, int]], int]:
     """(manifest as stored, unvalidated; tensor entries; data offset). BadInput unless the file is a
     well-formed safetensors file carrying an mncli manifest."""
     path = Path(path)
-    header, data_start, size = read_header(path)
-    entries = _entries(header, size - data_start, path)
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or KEY not in meta:
-        raise BadInput(f"{path}: a safetensors file without an mncli manifest", hint=IMPORT_HINT)
-    try:
-        manifest = json.loads(meta[KEY])
-    except (TypeError, ValueError):
-        raise BadInput(f"{path}: the mncli manifest is not valid JSON") from None
-    return manifest, entries, data_start
+    with _opened(path) as art:
+        return art.manifest, art.entries, art.data_start
+
+
+def read_raw_data(path: str | os.PathLike) -> tuple[Any, list[tuple[str, str, list[int], bytearray]]]:
+    """(manifest as stored, unvalidated; (name, dtype, shape, raw bytes) of every tensor), all read
+    from one open file."""
+    path = Path(path)
+    with _opened(path) as art:
+        return art.manifest, list(read_tensor_data(art.file, art.entries, art.data_start, path))
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -278,42 +457,54 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return check_manifest(manifest, path)
 
 
-def read_tensor_data(path: Path, entries: list, data_start: int):
-    """Yield (name, dtype, shape, raw bytes) for each tensor in file order."""
-    with path.open("rb") as f:
-        for name, dtype, shape, begin, end in sorted(entries, key=lambda e: e[3]):
-            f.seek(data_start + begin)
-            buf = bytearray(end - begin)
-            if f.readinto(buf) != len(buf):
-                raise BadInput(f"{path}: truncated file while reading tensor {name!r}")
-            yield name, dtype, shape, buf
+def read_tensor_data(source: Path | IO[bytes], entries: list, data_start: int, path: Path | None = None):
+    """Yield (name, dtype, shape, raw bytes) for each tensor in file order, from an open file (or a
+    path, opened here: then the header it was read from may be another file's by now)."""
+    if not hasattr(source, "readinto"):
+        with _open_file(Path(source)) as f:
+            yield from read_tensor_data(f, entries, data_start, Path(source))
+        return
+    for name, dtype, shape, begin, end in sorted(entries, key=lambda e: e[3]):
+        source.seek(data_start + begin)
+        buf = bytearray(end - begin)
+        if source.readinto(buf) != len(buf):
+            raise BadInput(f"{path or source.name}: truncated file while reading tensor {name!r}")
+        yield name, dtype, shape, buf
 
 
 def file_content_sha256(path: str | os.PathLike) -> str:
     """Recompute the content hash from the file's bytes."""
-    _, entries, data_start = read_raw(path)
-    return hash_entries(
-        (n, d, s, memoryview(b)) for n, d, s, b in read_tensor_data(Path(path), entries, data_start)
-    )
+    _, raw = read_raw_data(path)
+    return hash_entries((n, d, s, memoryview(b)) for n, d, s, b in raw)
 
 
-def tensors_from_raw(raw: list[tuple[str, str, list[int], bytearray]]) -> dict[str, torch.Tensor]:
-    """Tensors over the buffers `read_tensor_data` yields (no copies), sorted by name."""
+def tensors_from_raw(
+    raw: list[tuple[str, str, list[int], bytearray]], path: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
+    """Tensors over the buffers `read_tensor_data` yields (no copies), sorted by name. BadInput for a
+    shape torch cannot hold (more dimensions than it allows, sizes whose strides overflow)."""
     tensors = {}
     for name, dtype, shape, buf in raw:
-        if buf:
-            tensors[name] = torch.frombuffer(buf, dtype=DTYPES[dtype]).reshape(shape)
-        else:
-            tensors[name] = torch.empty(shape, dtype=DTYPES[dtype])
+        try:
+            if buf:
+                tensors[name] = torch.frombuffer(buf, dtype=DTYPES[dtype]).reshape(shape)
+            else:
+                tensors[name] = torch.empty(shape, dtype=DTYPES[dtype])
+        except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
+            where = f"{path}: " if path is not None else ""
+            shown, why = _one_line(shape, 80), _one_line(exc, 80)
+            raise BadInput(f"{where}tensor {name!r} of shape {shown} cannot be loaded: {why}") from None
     return dict(sorted(tensors.items()))
 
 
 def load_artifact(path: str | os.PathLike, check_hash: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, manifest). Checks the schema and, unless told not to, the content hash."""
+    """(tensors, manifest), both from one open file. Checks the schema and, unless told not to, the
+    content hash."""
     path = Path(path)
-    manifest, entries, data_start = read_raw(path)
-    check_manifest(manifest, path)
-    tensors = tensors_from_raw(list(read_tensor_data(path, entries, data_start)))
+    with _opened(path) as art:
+        manifest = check_manifest(art.manifest, path)
+        raw = list(read_tensor_data(art.file, art.entries, art.data_start, path))
+    tensors = tensors_from_raw(raw, path)
     if check_hash and content_sha256(tensors) != manifest["content_sha256"]:
         raise BadInput(
             f"{path}: content hash mismatch (the tensor data was altered or corrupted)",
@@ -326,8 +517,8 @@ def file_report(path: str | os.PathLike) -> dict:
     """Bytes on disk, per tensor and per stored group (`W::mask`, `W::codes`, ... count towards W;
     `W::shape` is layout, counted apart), from the header alone."""
     path = Path(path)
-    _, entries, data_start = read_raw(path)
-    size = path.stat().st_size
+    with _opened(path) as art:
+        entries, data_start, size = art.entries, art.data_start, art.size
     tensors = [{"name": n, "dtype": d, "shape": s, "bytes": e - b} for n, d, s, b, e in sorted(entries)]
     groups: dict[str, dict[str, int]] = {}
     for t in tensors:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -128,6 +129,7 @@ for _info in app.registered_commands:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; turn every error into one line on stderr and an exit code: 2 for bad input
     (usage errors included), 1 for a runtime failure, 130/143 for a stop on a signal."""
+    previous = _stop_on_signals()
     try:
         result = app(args=argv, prog_name="mncli", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -153,12 +155,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
+    except _Stopped as exc:  # SIGINT/SIGTERM outside training (which saves a checkpoint and says so)
+        _say(f"interrupted by {signal.Signals(exc.signum).name}; no output was written")
+        return 128 + exc.signum
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if is_verbose():
             traceback.print_exc()
         else:
             _say(f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}", "run with -v for the traceback")
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM: a BaseException, so no `except Exception` swallows it; files being
+    written are removed on the way out (their writers clean up on BaseException)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise _Stopped(signum)
+
+
+def _stop_on_signals() -> dict:
+    """SIGINT and SIGTERM raise _Stopped (the training loop installs its own meanwhile); the
+    handlers they replaced, to put back. Only the main thread can set handlers."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _raise_stopped)
+        except ValueError:
+            pass
+    return previous
 
 
 def _say(message: str, hint: str | None = None) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import ArchOpt, Json, OutputArtifact
-from mncli.log import log
+from mncli.log import debug, log
 from mncli.text import fmt_num
 
 HELP = "\n\n".join(
@@ -60,13 +60,13 @@ def register(app: typer.Typer) -> None:
             log(f"ignored non-tensor entries: {', '.join(notes['dropped_non_tensors'][:10])}")
         model = create_model(arch, **parse_arch_opts(arch_opt))
         problems = compare_state_dict(model, state)
-        for kind in ("missing", "unexpected"):
+        for kind in ("missing", "unexpected"):  # the keys one by one with -v; the error sums them up
             for key in problems[kind][:20]:
-                log(f"{kind}: {key} {list(state[key].shape) if key in state else ''}".rstrip())
+                debug(f"{kind}: {key} {list(state[key].shape) if key in state else ''}".rstrip())
             if len(problems[kind]) > 20:
-                log(f"... and {len(problems[kind]) - 20} more {kind} keys")
+                debug(f"... and {len(problems[kind]) - 20} more {kind} keys")
         for item in problems["mismatched"][:20]:
-            log(f"shape mismatch: {item['key']} checkpoint {item['checkpoint']} model {item['model']}")
+            debug(f"shape mismatch: {item['key']} checkpoint {item['checkpoint']} model {item['model']}")
         fit_state_dict(model, state, arch)
         model.eval()
         digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()

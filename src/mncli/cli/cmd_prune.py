@@ -87,11 +87,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = Unit.EPOCHS,
         rl1_lambda: Annotated[
-            float, method_option("--rl1-lambda", help="Reweighted L1: penalty weight.")
-        ] = 1e-6,
+            float | None, method_option("--rl1-lambda", help="Reweighted L1: penalty weight (default 1e-6).")
+        ] = None,
         rl1_eps: Annotated[
-            float, method_option("--rl1-eps", help="Reweighted L1: eps in 1/(|W|+eps).")
-        ] = 1e-3,
+            float | None, method_option("--rl1-eps", help="Reweighted L1: eps in 1/(|W|+eps) (default 1e-3).")
+        ] = None,
         reweight_at: Annotated[
             str | None,
             method_option(
@@ -101,9 +101,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         lr_boost: Annotated[
-            float,
-            method_option("--lr-boost", help="Reweighted L1: LR factor at each reweighting (seed: 1.6)."),
-        ] = 1.0,
+            float | None,
+            method_option(
+                "--lr-boost", help="Reweighted L1: LR factor at each reweighting (default 1; seed: 1.6)."
+            ),
+        ] = None,
         retrain_epochs: Annotated[
             int | None,
             method_option(

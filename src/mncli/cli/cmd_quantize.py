@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
         ] = QuantizeMethod.LSQ,
         ptq: Annotated[bool, method_option("--ptq", help="Post-training quantization: no training.")] = False,
         calibration: Annotated[
-            Calibration, method_option("--calibration", help="PTQ ranges.")
-        ] = Calibration.MINMAX,
+            Calibration | None, method_option("--calibration", help="PTQ ranges (default minmax).")
+        ] = None,
         percentile: Annotated[
             float, method_option("--percentile", help="Percentile of |x| for PTQ.")
         ] = 99.99,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,39 +24,140 @@ from torch import nn
 
 from mncli.errors import BadInput
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything larger is the wrong file
+
+# What the values of the keys the stages know must be (a stage checks its own ranges again):
+_FRACTION = "a number in [0, 1)"
+_BITS = "an integer number of bits"
+_BOOL = "true or false"
+_KEY_KINDS = {
+    "sparsity": _FRACTION,
+    "channel_ratio": _FRACTION,
+    "weight_bits": _BITS,
+    "act_bits": _BITS,
+    "per_channel": _BOOL,
+}
+
 
 def load_recipe(path: Path, allowed_keys: Iterable[str]) -> dict[str, dict]:
-    """Read a recipe file into {pattern: settings}; unknown keys are refused."""
+    """Read a recipe file into {pattern: settings}; anything but UTF-8 YAML/JSON of that shape, with
+    known keys and scalar values of the right kind, is a BadInput naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"recipe file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-        raise BadInput(f"recipe {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    data = _parse(path, _read_text(path))
     if isinstance(data, dict) and "layers" in data:
+        extra = sorted(repr(k) for k in data if k != "layers")
+        if extra:
+            raise BadInput(
+                f"recipe {path}: unknown top-level key {extra[0]}", hint="a recipe holds only `layers:`"
+            )
         data = data["layers"]
-    if not isinstance(data, dict) or not data:
-        raise BadInput(f"recipe {path} names no layer", hint='e.g. layers: {"layer1.*": {sparsity: 0.5}}')
-    allowed = set(allowed_keys)
+    example = 'e.g. layers: {"layer1.*": {sparsity: 0.5}}'
+    if not isinstance(data, dict):
+        raise BadInput(
+            f"recipe {path}: layers must be a mapping of layer patterns to settings, got {_kind(data)}",
+            hint=example,
+        )
+    if not data:
+        raise BadInput(f"recipe {path} names no layer", hint=example)
+    allowed = {str(k) for k in allowed_keys}
     recipe: dict[str, dict] = {}
     for pattern, settings in data.items():
-        if not isinstance(settings, dict):
-            raise BadInput(f"recipe {path}: settings of {pattern!r} must be a mapping, got {settings!r}")
-        unknown = sorted(set(settings) - allowed)
-        if unknown:
+        if isinstance(pattern, int) and not isinstance(pattern, bool):
+            pattern = str(pattern)  # YAML reads `0:` (a Sequential's child) as a number
+        if not isinstance(pattern, str) or not pattern.strip():
             raise BadInput(
-                f"recipe {path}: unknown key {unknown[0]!r} for {pattern!r}",
-                hint=f"allowed keys: {', '.join(sorted(allowed))}",
+                f"recipe {path}: layer pattern {_show(pattern)} is not a non-empty string",
+                hint='quote patterns: "layer1.*"',
             )
-        recipe[str(pattern)] = dict(settings)
+        if not isinstance(settings, dict):
+            raise BadInput(
+                f"recipe {path}: settings of {pattern!r} must be a mapping, got {_show(settings)}",
+                hint=example,
+            )
+        for key, value in settings.items():
+            if not isinstance(key, str) or key not in allowed:
+                raise BadInput(
+                    f"recipe {path}: unknown key {_show(key)} for {pattern!r}",
+                    hint=f"allowed keys: {', '.join(sorted(allowed))}",
+                )
+            _check_value(path, pattern, key, value)
+        recipe[pattern] = dict(settings)
     return recipe
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise BadInput(f"recipe file not found: {path}")
+    if not path.is_file():
+        raise BadInput(f"recipe {path} is not a regular file", hint="give a YAML or JSON file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise BadInput(
+                f"recipe {path} is {size:,} bytes: too large for a recipe", hint="give a YAML or JSON file"
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"recipe {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})",
+            hint="a recipe is a YAML or JSON text file",
+        ) from None
+
+
+def _parse(path: Path, text: str) -> object:
+    import yaml
+
+    as_json = path.suffix.lower() == ".json"
+    try:
+        return json.loads(text) if as_json else yaml.safe_load(text)
+    except RecursionError:
+        reason = "nested too deeply"
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        reason = f"{exc.problem or exc.context or 'syntax error'}{where}"
+    except Exception as exc:  # noqa: BLE001 - any other parse error is the user's file too
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    raise BadInput(
+        f"recipe {path} is not valid {'JSON' if as_json else 'YAML'}: {reason[:160]}",
+        hint='e.g. layers: {"layer1.*": {sparsity: 0.5}}',
+    )
+
+
+def _check_value(path: Path, pattern: str, key: str, value: object) -> None:
+    """Scalars only; the keys the stages know must hold values of their kind (null: the default)."""
+    kind = _KEY_KINDS.get(key)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if value is None:
+        ok = kind != _BOOL
+    elif kind == _FRACTION:
+        ok = number and math.isfinite(value) and 0.0 <= value < 1.0
+    elif kind == _BITS:
+        ok = number and math.isfinite(value) and float(value).is_integer() and 1 <= value <= 32
+    elif kind == _BOOL:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, bool | str) or (number and math.isfinite(value))
+    if not ok:
+        raise BadInput(
+            f"recipe {path}: {key} of {pattern!r} must be {kind or 'a number, string or boolean'}, "
+            f"got {_show(value)}",
+        )
+
+
+def _kind(value: object) -> str:
+    return {list: "a list", str: "a string", type(None): "nothing"}.get(type(value), _show(value))
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def compute_layers(model: nn.Module) -> list[str]:

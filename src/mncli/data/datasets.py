@@ -181,20 +181,58 @@ def synthetic_tensors(
     return images, labels.to(torch.int64)
 
 
+# What the file datasets hold: a file of another shape or with labels out of range is not that dataset.
+_IMAGE_SHAPES = {
+    "fashion-mnist": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
+
+
+def _checked(name: str, folder: Path, split: str, num_classes: int, read: Callable) -> Callable:
+    """`read` with its (images, labels) checked against what dataset `name` is, as BadInput."""
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = read()
+        shape, expected = tuple(images.shape[1:]), _IMAGE_SHAPES[name]
+        if shape != expected:
+            raise BadInput(
+                f"the {split} images in {folder} are {'x'.join(map(str, shape))}, "
+                f"{name}'s are {'x'.join(map(str, expected))}",
+                hint="re-download the dataset",
+            )
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise BadInput(
+                f"the {split} labels in {folder} run from {int(labels.min())} to {int(labels.max())}; "
+                f"{name} has classes 0 to {num_classes - 1}",
+                hint="re-download the dataset",
+            )
+        return images, labels
+
+    return load
+
+
 def _file_loaders(name: str, folder: Path):
     if name in ("fashion-mnist", "mnist"):
-        return 10, (lambda: load_idx_pair(folder, "train")), (lambda: load_idx_pair(folder, "t10k"))
-    if name == "cifar10":
-        train_files = [f"data_batch_{i}" for i in range(1, 6)]
-        return (
-            10,
-            lambda: load_cifar(folder, train_files, "labels"),
-            lambda: load_cifar(folder, ["test_batch"], "labels"),
+        num_classes = 10
+        read_train, read_test = (
+            (lambda: load_idx_pair(folder, "train")),
+            (lambda: load_idx_pair(folder, "t10k")),
         )
+    elif name == "cifar10":
+        num_classes = 10
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        read_train = lambda: load_cifar(folder, train_files, "labels")
+        read_test = lambda: load_cifar(folder, ["test_batch"], "labels")
+    else:
+        num_classes = 100
+        read_train = lambda: load_cifar(folder, ["train"], "fine_labels")
+        read_test = lambda: load_cifar(folder, ["test"], "fine_labels")
     return (
-        100,
-        lambda: load_cifar(folder, ["train"], "fine_labels"),
-        lambda: load_cifar(folder, ["test"], "fine_labels"),
+        num_classes,
+        _checked(name, folder, "training", num_classes, read_train),
+        _checked(name, folder, "test", num_classes, read_test),
     )
 
 

@@ -1,5 +1,6 @@
 """Where datasets are looked for: --data-dir, then $MNCLI_DATA, then the system location, then a
-torchvision download (only with --download). Not found: BadInput naming every place looked in."""
+torchvision download (only with --download). Not found: BadInput naming every place looked in; a
+--data-dir or $MNCLI_DATA that does not exist: BadInput naming it (never a fall back to elsewhere)."""
 
 from __future__ import annotations
 
@@ -77,31 +78,71 @@ def roots(data_dir: Path | str | None) -> list[tuple[str, Path]]:
     return found
 
 
-def _search(name: str, layout: Layout, data_dir) -> tuple[Path | None, list[str]]:
+def _fs(check, path: Path, what: str) -> bool:
+    """`check(path)` (Path.exists / is_dir), with an OSError (a name too long, a denied parent) as
+    BadInput naming `what` and the path instead of a traceback."""
+    try:
+        return check(path)
+    except OSError as exc:
+        raise BadInput(
+            f"cannot look in {what} {path}: {exc.strerror or exc}", hint="check the path"
+        ) from None
+
+
+def _groups(layout: Layout, data_dir) -> list[tuple[str, Path | None, list[Path]]]:
+    """(label, the root the user named or None, the folders tried under it), in search order."""
+    groups: list[tuple[str, Path | None, list[Path]]] = [
+        (label, root, [root / sub for sub in layout.subdirs]) for label, root in roots(data_dir)
+    ]
+    groups.append(("system", None, [Path(path) for path in layout.system]))
+    groups.append(("download cache", None, [cache_root() / sub for sub in layout.subdirs if sub]))
+    return groups
+
+
+def _search(layout: Layout, data_dir) -> tuple[Path | None, list[str], tuple[str, Path] | None]:
+    """(the folder found, every place looked, the named root that does not exist). A folder the user
+    named (--data-dir, $MNCLI_DATA) that does not exist ends the search there: falling back to a copy
+    elsewhere would silently train on data the user did not point at."""
     looked: list[str] = []
-    candidates = [(label, root / sub) for label, root in roots(data_dir) for sub in layout.subdirs]
-    candidates += [("system", Path(path)) for path in layout.system]
-    candidates += [("download cache", cache_root() / sub) for sub in layout.subdirs if sub]
-    for label, folder in candidates:
-        folder = folder.resolve() if folder.exists() else folder
-        looked.append(f"{folder} ({label})")
-        if any((folder / marker).exists() for marker in layout.marker):
-            return folder, looked
-    return None, looked
+    for label, root, folders in _groups(layout, data_dir):
+        if root is not None and not _fs(Path.is_dir, root, label):
+            if _fs(Path.exists, root, label):
+                raise BadInput(
+                    f"{label} {root} is not a folder", hint="give the folder that holds the datasets"
+                )
+            return None, looked, (label, root)
+        for folder in folders:
+            folder = folder.resolve() if _fs(Path.exists, folder, label) else folder
+            looked.append(f"{folder} ({label})")
+            if any(_fs(Path.exists, folder / marker, label) for marker in layout.marker):
+                return folder, looked, None
+    return None, looked, None
+
+
+def _missing_root(name: str, layout: Layout, label: str, root: Path) -> BadInput:
+    fetch = f"; or add --download to fetch {name} into it" if layout.torchvision else ""
+    if label == "--data-dir":
+        return BadInput(f"--data-dir {root} does not exist", hint=f"check the path{fetch}")
+    return BadInput(
+        f"$MNCLI_DATA is {root}, a folder that does not exist", hint=f"fix or unset MNCLI_DATA{fetch}"
+    )
 
 
 def locate(name: str, data_dir: Path | str | None = None, download: bool = False) -> Path:
-    """The folder holding dataset `name`'s files, downloading it with torchvision when asked."""
+    """The folder holding dataset `name`'s files, downloading it with torchvision when asked. A
+    --data-dir or $MNCLI_DATA that does not exist is BadInput, unless --download is to create it."""
     layout = LAYOUTS[name]
-    folder, looked = _search(name, layout, data_dir)
+    folder, looked, missing = _search(layout, data_dir)
     if folder is not None:
         return folder
     if download and layout.torchvision:
         targets = roots(data_dir)
         _download(name, layout, targets[0][1] if targets else cache_root())
-        folder, looked = _search(name, layout, data_dir)
+        folder, looked, missing = _search(layout, data_dir)
         if folder is not None:
             return folder
+    if missing is not None:
+        raise _missing_root(name, layout, *missing)
     raise BadInput(
         f"dataset {name} not found; looked in: " + "; ".join(dict.fromkeys(looked)),
         hint=layout.get_it,
@@ -114,7 +155,12 @@ def _download(name: str, layout: Layout, root: Path) -> None:
     from mncli.errors import RuntimeFailure
     from mncli.log import log
 
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(
+            f"cannot create {root} for the download: {exc.strerror or exc}", hint="check the path"
+        ) from None
     log(f"downloading {name} into {root} with torchvision")
     cls = getattr(torchvision.datasets, layout.torchvision)
     try:

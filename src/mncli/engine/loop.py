@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -106,13 +107,7 @@ def fit(
             raise BadInput("--resume needs an output path", hint="give the same -o as the interrupted run")
         state = ckpt.load_checkpoint(ckpt_dir)
         check_resumable(state, cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        for callback, cb_state in zip(callbacks, state["callbacks"], strict=False):
-            callback.load_state_dict(cb_state)
-        ckpt.set_rng_state(state["rng"])
+        _restore(state, Path(ckpt_dir) / ckpt.FILE, model, optimizer, scaler, callbacks, cfg, steps_per_epoch)
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
         partial = list(state["partial"])
         history = list(state["history"])
@@ -131,6 +126,7 @@ def fit(
             "model": ckpt.clone_state(model),
             "optimizer": optimizer.state_dict(),
             "callbacks": [cb.state_dict() for cb in callbacks],
+            "callback_types": _callback_types(callbacks),
             "rng": ckpt.rng_state(),
             "epoch": epoch,
             "batch": batch,
@@ -233,6 +229,76 @@ def fit(
         wall_time=time.perf_counter() - started,
         steps=len(history) * steps_per_epoch,
     )
+
+
+def _callback_types(callbacks) -> list[str]:
+    return [type(cb).__qualname__ for cb in callbacks]
+
+
+def _restore(state: dict, path: Path, model, optimizer, scaler, callbacks, cfg: TrainConfig, steps: int):
+    """Put a checkpoint's state into this run, or one BadInput line when it was written by another
+    run: another architecture (keys or shapes), another stage (its callbacks), another length."""
+    hint = f"resume with the command of the interrupted run, or delete {path.parent}"
+    for key in ("model", "best_state"):
+        if key in state:
+            problem = _state_mismatch(model.state_dict(), state[key])
+            if problem:
+                raise BadInput(f"checkpoint {path} was written for another model: {problem}", hint=hint)
+    # Every callback of this run needs the state of one of its kind at its place; trailing states of
+    # callbacks this run does not have may only be empty (a stateless helper, not another method).
+    saved = state.get("callback_types")
+    now = _callback_types(callbacks)
+    extra = state["callbacks"][len(callbacks) :]
+    if (
+        (saved is not None and list(saved)[: len(now)] != now)
+        or len(state["callbacks"]) < len(callbacks)
+        or any(extra)
+    ):
+        shown = (", ".join(saved) or "none") if saved is not None else str(len(state["callbacks"]))
+        raise BadInput(
+            f"checkpoint {path} was written by another kind of run (callbacks {shown}; this run has "
+            f"{', '.join(now) or 'none'})",
+            hint=hint,
+        )
+    if not (0 <= int(state["epoch"]) <= cfg.epochs and 0 <= int(state["batch"]) <= steps):
+        raise BadInput(
+            f"checkpoint {path} stopped at epoch {state['epoch']}, batch {state['batch']}, outside this run "
+            f"({cfg.epochs} epochs of {steps} batches)",
+            hint=hint,
+        )
+    part = "model"
+    try:
+        model.load_state_dict(state["model"])
+        part = "optimiser"
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            part = "gradient scaler"
+            scaler.load_state_dict(state["scaler"])
+        for callback, cb_state in zip(callbacks, state["callbacks"], strict=False):
+            part = f"{type(callback).__qualname__} state"
+            callback.load_state_dict(cb_state)
+        part = "random generator state"
+        ckpt.set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = (lines[0] if lines else type(exc).__name__)[:100]
+        raise BadInput(f"checkpoint {path}: its {part} does not fit this run ({reason})", hint=hint) from None
+
+
+def _state_mismatch(expected: dict, saved: dict) -> str | None:
+    """What differs between two state dicts' keys and shapes (first few), or None."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [k for k in expected if k in saved and tuple(expected[k].shape) != tuple(saved[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{k} is {list(saved[k].shape)} there, {list(expected[k].shape)} here")
+    return "; ".join(parts) or None
 
 
 def _train_step(ctx: Context, x, y, epoch: int, batch_index: int, callbacks, scaler) -> tuple[float, float]:

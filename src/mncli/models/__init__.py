@@ -63,7 +63,7 @@ def _parse_value(text: str) -> Any:
 
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or nested too deeply): the text itself
         return text
 
 

@@ -8,9 +8,10 @@ exact keys and shapes and reports every difference.
 
 from __future__ import annotations
 
+import errno
 import pickle
+import re
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -22,33 +23,69 @@ NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "par
 PREFIXES = ("module.", "_orig_mod.")
 
 
-def _load_object(path: Path) -> object:
+# What torch's weights-only unpickler says when a pickle asks for code (a global, a call, an object).
+_CODE_WORDS = re.compile(r"global|reduce|build|newobj|find_class|not an allowed", re.IGNORECASE)
+
+
+_UNREADABLE = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG}
+
+
+def load_plain(path: Path | str, what: str = "checkpoint", hint: str | None = None) -> object:
+    """`torch.load(path, weights_only=True)` with every failure one BadInput line: only tensors,
+    numbers, strings, lists and dicts are ever unpickled, and torch's advice to retry with
+    `weights_only=False` (which would run whatever code the file holds) is never passed on."""
+    path = Path(path)
     if not path.exists():
-        raise BadInput(f"checkpoint {path} does not exist")
+        raise BadInput(f"{what} {path} does not exist")
     if path.is_dir():
-        raise BadInput(f"checkpoint {path} is a directory, not a file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        raise BadInput(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise BadInput(f"{what} {path} is not a regular file")
+    hint = hint or "give a file written by torch.save(model.state_dict(), PATH)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol ...": not the user's concern
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _CODE_WORDS.search(str(exc)):
+            raise BadInput(
+                f"{what} {path} holds pickled Python objects or code; it was not loaded, for safety",
+                hint=hint,
+            ) from None
+        raise BadInput(f"{what} {path} is not a PyTorch checkpoint (no readable pickle)", hint=hint) from None
+    except OSError as exc:
+        if exc.errno in _UNREADABLE:  # the file system's refusal, not the file's content
+            raise BadInput(f"cannot read {what} {path}: {exc.strerror}") from None
+        reason = "damaged or truncated"  # torch seeks past the end of a torn archive (EINVAL)
+        raise BadInput(f"{what} {path} is not a PyTorch checkpoint ({reason})", hint=hint) from None
+    except MemoryError:
+        raise BadInput(f"{what} {path} is too large to load", hint=hint) from None
+    except Exception as exc:  # noqa: BLE001 - a torn, truncated or foreign file, whatever torch raises
+        raise BadInput(f"{what} {path} is not a PyTorch checkpoint ({_reason(exc)})", hint=hint) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause: torch's first line when it says something useful and nothing about
+    weights_only, else the exception's kind."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if not text or "weights_only" in text or len(text) < 4:
+        return "damaged or another format" if isinstance(exc, EOFError | KeyError) else type(exc).__name__
+    if "central directory" in text or "zip archive" in text:
+        return "truncated or damaged zip archive"
+    return text[:100]
+
+
+def _load_object(path: Path) -> object:
+    if path.suffix == ".safetensors" and path.is_file():
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise BadInput(f"{path} is not a readable safetensors file: {exc}") from exc
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise BadInput(
-            f"{path} holds Python objects that are not loaded for safety (weights_only=True)",
-            hint="save a plain state dict instead: torch.save(model.state_dict(), 'model.pt')",
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BadInput(
-            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
-            hint="give a file written by torch.save(model.state_dict(), PATH)",
-        ) from exc
+        except Exception as exc:  # noqa: BLE001 - the library's own parser decides what is valid
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise BadInput(f"{path} is not a readable safetensors file: {reason}") from None
+    return load_plain(path)
 
 
 def _unwrap(obj: object) -> dict:
@@ -87,6 +124,13 @@ def read_state_dict(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
     obj = _unwrap(_load_object(path))
     dropped = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for key, tensor in state.items():
+        if tensor.layout is not torch.strided or tensor.is_complex() or tensor.is_quantized or tensor.is_meta:
+            kind = "complex" if tensor.is_complex() else str(tensor.layout).replace("torch.", "")
+            raise BadInput(
+                f"{path}: tensor {key!r} is not a plain real tensor ({kind}, {tensor.dtype})",
+                hint="save dense real-valued weights: torch.save(model.state_dict(), PATH)",
+            )
     state, stripped = strip_prefixes(state)
     return state, {"stripped_prefixes": stripped, "dropped_non_tensors": dropped}
 
@@ -131,5 +175,9 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], arch_name: 
     full = dict(state)
     for key, value in model.state_dict().items():
         full.setdefault(key, value)  # only num_batches_tracked can be absent here
-    model.load_state_dict(full, strict=True)
+    try:
+        model.load_state_dict(full, strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:120]
+        raise BadInput(f"checkpoint does not fit {arch_name}: {reason}") from None
     return problems

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import pkgutil
 import re
 import types
@@ -23,6 +24,24 @@ from typing import Any
 from mncli.errors import BadInput
 
 COMMON_ARGS = ("num_classes", "in_channels", "input_size")
+
+# Ranges every architecture argument must lie in (inclusive; an open end is marked), whatever the
+# family: enough for every real model, and a refusal, before any data is read or memory is taken,
+# of what could only fail later (negative sizes) or exhaust the machine (a billion classes).
+ARG_RANGES: dict[str, tuple[float, float]] = {
+    "num_classes": (1, 100_000),
+    "in_channels": (1, 1024),
+    "input_size": (1, 4096),
+    "dropout": (0.0, 1.0),
+    "drop_path": (0.0, 1.0),
+    "bn_momentum": (0.0, 1.0),
+}
+POSITIVE_ARGS = ("width_mult", "depth_mult", "bn_eps", "expand")  # > 0
+MAX_INT = 10_000  # any other integer argument: 1..MAX_INT, or 0..MAX_INT for these:
+ZERO_ARGS = ("depth", "head", "head_channels", "padding", "variant")
+MAX_FLOAT = 1_000.0  # any other number: 0..MAX_FLOAT
+MAX_LIST = 1_000  # items of a list argument
+MAX_PARAMS = 500_000_000  # parameters of a model built from arguments (2 GB of fp32 weights)
 
 
 @dataclass
@@ -121,19 +140,25 @@ def known_names() -> list[str]:
 def find_family(name: str) -> tuple[Family, dict]:
     """The family whose pattern matches `name`, and the arguments the name fixes."""
     if not isinstance(name, str):
-        raise BadInput(f"architecture name must be a string, got {name!r}")
+        raise BadInput(f"architecture name must be a string, got {_show(name)}")
     for family in families().values():
         match = family.pattern.fullmatch(name.strip().lower())
         if match:
             return family, family.args_from_name(match)
     raise BadInput(
-        f"unknown architecture {name!r}",
+        f"unknown architecture {_show(name)}",
         hint="known: " + ", ".join(known_names()) + " (see `mncli models`)",
     )
 
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr(value), cut short: a value from the command line may be any length."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -153,43 +178,48 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return _coerce(key, value, option)
             except BadInput as exc:
                 errors.append(exc.message)
-        raise BadInput(errors[0] if errors else f"bad value for {key}: {value!r}")
+        raise BadInput(errors[0] if errors else f"bad value for {key}: {_show(value)}")
     if origin is list:
         (item_hint,) = typing.get_args(hint) or (Any,)
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, list | tuple):
-            raise BadInput(f"argument {key} must be a list, got {value!r}")
+            raise BadInput(f"argument {key} must be a list, got {_show(value)}")
+        if len(value) > MAX_LIST:
+            raise BadInput(f"argument {key} has {len(value):,} items; at most {MAX_LIST:,} are accepted")
         return [_coerce(key, v, item_hint) for v in value]
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise BadInput(f"argument {key} must be true or false, got {value!r}")
+        raise BadInput(f"argument {key} must be true or false, got {_show(value)}")
     if hint is int:
         if isinstance(value, bool):
-            raise BadInput(f"argument {key} must be an integer, got {value!r}")
+            raise BadInput(f"argument {key} must be an integer, got {_show(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,18}", value.strip()):
             return int(value)
-        raise BadInput(f"argument {key} must be an integer, got {value!r}")
+        raise BadInput(f"argument {key} must be an integer, got {_show(value)}")
     if hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise BadInput(f"argument {key} must be a number, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise BadInput(f"argument {key} must be a finite number, got {_show(value)}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
-        raise BadInput(f"argument {key} must be a string, got {value!r}")
+        raise BadInput(f"argument {key} must be a string, got {_show(value)}")
     return value
 
 
@@ -201,7 +231,7 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise BadInput(
-            f"{name} has no argument {', '.join(unknown)}",
+            f"{name} has no argument {_show(', '.join(unknown))}",
             hint=f"allowed arguments of {name}: {', '.join(sorted(allowed))}",
         )
     resolved = dict(family.defaults)
@@ -210,17 +240,52 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
         value = _coerce(key, value, family.hints.get(key))
         if key in from_name and value != from_name[key]:
             raise BadInput(
-                f"{name} fixes {key}={from_name[key]!r}, but {key}={value!r} was given",
+                f"{name} fixes {key}={from_name[key]!r}, but {key}={_show(value)} was given",
                 hint="drop the argument or change the name",
             )
         resolved[key] = value
+    for key in [*from_name, *args]:
+        check_range(name, key, resolved[key])
     if family.resolve is not None:
         try:
             resolved = family.resolve(resolved)
-        except ValueError as exc:
-            raise BadInput(f"cannot build {name}: {exc}") from exc
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BadInput(f"cannot build {name}: {_first_line(exc)}") from exc
     resolved = _jsonable_args(name, resolved)
     return family, resolved
+
+
+def check_range(name: str, key: str, value: Any) -> None:
+    """BadInput when an argument's value is outside what any model of the zoo can take (ARG_RANGES,
+    POSITIVE_ARGS; other integers 1..MAX_INT (ZERO_ARGS from 0), other numbers 0..MAX_FLOAT; lists
+    item by item)."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_range(name, key, item)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, int):
+        low, high = ARG_RANGES.get(key, (0 if key in ZERO_ARGS else 1, MAX_INT))
+    else:
+        low, high = ARG_RANGES.get(key, (0.0, MAX_FLOAT))
+    if key in POSITIVE_ARGS and value <= 0:
+        raise BadInput(f"{name}: {key} must be above 0, got {_show(value)}")
+    if not low <= value <= high:
+        raise BadInput(
+            f"{name}: {key}={_show(value)} is outside {_fmt(low)}..{_fmt(high)}",
+            hint=f"give {key} between {_fmt(low)} and {_fmt(high)}",
+        )
+
+
+def _fmt(number: float) -> str:
+    return f"{number:,}" if isinstance(number, int) else f"{number:g}"
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _jsonable_args(name: str, args: dict) -> dict:
@@ -234,21 +299,66 @@ def _jsonable_args(name: str, args: dict) -> dict:
     args = {k: convert(v) for k, v in args.items()}
     try:
         json.dumps(args, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"arguments of {name} are not JSON-serialisable: {exc}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise BadInput(f"arguments of {name} are not JSON-serialisable: {_first_line(exc)}") from exc
     return args
 
 
 def create_model(name: str, **args: Any):
     """Build a registered model; `model.arch` records the name and every resolved argument."""
+    import torch
+
     family, resolved = resolve_args(name, args)
     builder_args = {k: v for k, v in resolved.items() if k in family.defaults or k in family.hints}
-    try:
-        model = family.builder(**builder_args)
-    except (ValueError, TypeError, ZeroDivisionError) as exc:
-        raise BadInput(f"cannot build {name} with {args}: {exc}") from exc
+    on_meta = torch.get_default_device().type == "meta"
+    if not on_meta:  # first its size, on the meta device: no memory is taken for a model too large
+        with torch.device("meta"):
+            _count_params(name, _build(family, name, builder_args, args))
+    model = _build(family, name, builder_args, args)
+    if on_meta:
+        _count_params(name, model)
     model.arch = {"name": name, "args": resolved}
     return model
+
+
+# What a builder raises for arguments it cannot take (a negative size is torch's RuntimeError).
+_BUILD_ERRORS = (ValueError, TypeError, ZeroDivisionError, RuntimeError, IndexError, KeyError, OverflowError)
+
+
+def _build(family: Family, name: str, builder_args: dict, given: dict):
+    try:
+        return family.builder(**builder_args)
+    except BadInput:
+        raise
+    except _BUILD_ERRORS as exc:
+        detail = f" with {_show(given, 120)}" if given else ""
+        raise BadInput(f"cannot build {name}{detail}: {_first_line(exc)}") from exc
+
+
+def _count_params(name: str, model) -> int:
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMS:
+        raise BadInput(
+            f"{name} with these arguments has {count:,} parameters; at most {MAX_PARAMS:,} are accepted",
+            hint="lower the width or depth arguments",
+        )
+    return count
+
+
+def check_args(name: str, args: dict | None = None) -> None:
+    """Refuse, before any data is read, arguments that cannot make a model of `name`: their types and
+    ranges, and a size over MAX_PARAMS built on the meta device with the arguments not given left
+    at their defaults (what then fails to build may yet build with the data's own sizes)."""
+    import torch
+
+    family, resolved = resolve_args(name, args)
+    builder_args = {k: v for k, v in resolved.items() if k in family.defaults or k in family.hints}
+    with torch.device("meta"):
+        try:
+            model = _build(family, name, builder_args, args or {})
+        except BadInput:
+            return
+    _count_params(name, model)
 
 
 def input_shape_of(name: str, args: dict) -> tuple[int, int, int]:

@@ -26,6 +26,8 @@ from mncli.stages.evaluate import dataset_for_input
 from mncli.stages.training import (
     TrainOptions,
     check_model_fits_data,
+    check_teacher,
+    check_writable,
     final_metrics,
     remove_checkpoints,
     run_training,
@@ -95,11 +97,10 @@ def run_stage(method: CompressionMethod, input: Path, out: Path, train: TrainOpt
     The dataset is the one `train` names, else the one the input was trained on."""
     import torch
 
-    from mncli.artifact import check_output
     from mncli.bundle import Bundle, load_bundle, save_bundle
     from mncli.engine.runtime import resolve_device
 
-    check_output(out, input)
+    check_writable(out, train, input)
     started = time.time()
     train = replace(train, dataset=dataset_for_input(input, train.dataset))
     opts = method.options(train).with_fallbacks().validate()
@@ -109,6 +110,8 @@ def run_stage(method: CompressionMethod, input: Path, out: Path, train: TrainOpt
     method.check(model, specs, arch, opts)
     data = opts.load_data(image_size=input_image_size(arch, opts.dataset))
     check_model_fits_data(arch, data, what=str(input))
+    if opts.teacher is not None:
+        check_teacher(Path(opts.teacher), data)
     score_before = score_or_none(model, specs, arch, data.name)
     model.to(resolve_device(opts.device))
     before = final_metrics(model, data)

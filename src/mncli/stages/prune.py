@@ -42,6 +42,7 @@ DEFAULT_EPOCHS = {"agp": 40, "magnitude": 20, "reweighted-l1": 40, "structured":
 _OPTIMIZER = {"reweighted-l1": ("adam", 1e-3)}
 _FINE_TUNE = ("sgd", 0.01)
 WEIGHT_DECAY = 1e-4
+RL1_LAMBDA, RL1_EPS = 1e-6, 1e-3  # the reweighted-L1 seed's penalty weight and 1/(|W|+eps)
 
 
 @dataclass
@@ -62,10 +63,10 @@ class PruneConfig:
     recipe: Path | None = None
     layers: list[str] = field(default_factory=list)
     include_depthwise: bool = True
-    rl1_lambda: float = 1e-6
-    rl1_eps: float = 1e-3
+    rl1_lambda: float | None = None  # reweighted-l1 only; None: RL1_LAMBDA
+    rl1_eps: float | None = None  # reweighted-l1 only; None: RL1_EPS
     reweight_at: list[int] | None = None
-    lr_boost: float = 1.0
+    lr_boost: float | None = None  # reweighted-l1 only; None: 1.0
     retrain_epochs: int | None = None
 
     @property
@@ -99,10 +100,33 @@ class PruneConfig:
             raise BadInput("--global needs --sparsity")
         if self.retrain_epochs is not None and self.retrain_epochs < 0:
             raise BadInput(f"--retrain-epochs must be >= 0, got {self.retrain_epochs}")
-        if self.rl1_lambda < 0 or self.rl1_eps <= 0:
+        rl1_only = {"--rl1-lambda": self.rl1_lambda, "--rl1-eps": self.rl1_eps, "--lr-boost": self.lr_boost,
+                    "--reweight-at": self.reweight_at, "--retrain-epochs": self.retrain_epochs}  # fmt: skip
+        given = [flag for flag, value in rl1_only.items() if value is not None]
+        if given and (self.method != PruneMethod.REWEIGHTED_L1 or self.structured):
+            raise BadInput(f"{given[0]} belongs to --method reweighted-l1", hint=f"drop {given[0]}")
+        if self.channel_ratio is not None and not self.structured:
+            raise BadInput(
+                "--channel-ratio belongs to --structured", hint="add --structured, or use --sparsity"
+            )
+        if (
+            self.rl1_lambda is not None
+            and self.rl1_lambda < 0
+            or self.rl1_eps is not None
+            and self.rl1_eps <= 0
+        ):
             raise BadInput("--rl1-lambda must be >= 0 and --rl1-eps > 0")
-        if self.lr_boost <= 0:
+        if self.lr_boost is not None and self.lr_boost <= 0:
             raise BadInput(f"--lr-boost must be positive, got {self.lr_boost}")
+        if (
+            self.sparsity is not None
+            and self.method == PruneMethod.AGP
+            and self.initial_sparsity > self.sparsity
+        ):
+            raise BadInput(
+                f"--initial-sparsity {self.initial_sparsity} is above the final --sparsity {self.sparsity}",
+                hint="AGP rises from the initial to the final sparsity",
+            )
         if (
             self.method == PruneMethod.AGP
             and not self.structured
@@ -280,8 +304,10 @@ class Pruning:
             milestones = cfg.reweight_at if cfg.reweight_at is not None else default_milestones(epochs)
             info.update(
                 run_reweighted_l1(
-                    model, masker, targets, run.train, epochs, retrain, lam=cfg.rl1_lambda, eps=cfg.rl1_eps,
-                    milestones=milestones, lr_boost=cfg.lr_boost,
+                    model, masker, targets, run.train, epochs, retrain,
+                    lam=RL1_LAMBDA if cfg.rl1_lambda is None else cfg.rl1_lambda,
+                    eps=RL1_EPS if cfg.rl1_eps is None else cfg.rl1_eps, milestones=milestones,
+                    lr_boost=1.0 if cfg.lr_boost is None else cfg.lr_boost,
                 )
             )  # fmt: skip
             info["schedule"] = {

@@ -47,7 +47,7 @@ class QuantizeConfig:
     first_last_bits: int = 8
     method: QuantizeMethod = QuantizeMethod.LSQ
     ptq: bool = False
-    calibration: Calibration = Calibration.MINMAX
+    calibration: Calibration | None = None  # PTQ only; None: minmax
     percentile: float = 99.99
     calib_batches: int = 4
     fp16: bool = False
@@ -64,7 +64,12 @@ class QuantizeConfig:
         check_bits(self.act_bits, "--act-bits")
         check_bits(self.first_last_bits, "--first-last-bits")
         self.method = parse_choice(QuantizeMethod, self.method, "--method")
-        self.calibration = parse_choice(Calibration, self.calibration, "--calibration")
+        if self.calibration is not None and not self.ptq:
+            raise BadInput("--calibration belongs to --ptq", hint="add --ptq, or drop --calibration")
+        if self.ptq:
+            self.calibration = parse_choice(
+                Calibration, self.calibration or Calibration.MINMAX, "--calibration"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise BadInput(f"--percentile {self.percentile} is outside (50, 100]", hint="e.g. 99.99")
         if not 2 <= self.accumulator_bits <= 32:

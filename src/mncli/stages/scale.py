@@ -20,6 +20,7 @@ from mncli.stages.training import (
     TrainOptions,
     as_record,
     check_model_fits_data,
+    check_writable,
     remove_checkpoints,
     run_training,
 )
@@ -114,9 +115,9 @@ class _Stage:
         if min(point.alpha, point.beta, point.gamma) <= 0:
             raise BadInput("--alpha, --beta and --gamma must be positive")
         fixed = resolution_fixed(self.source.arch, dataset)
+        record = scaled_point(self.source.arch, point, cfg.phi, fixed, dataset)  # refuses what cannot scale
         if fixed and point.gamma != 1.0:
             log(f"resolution is fixed by the dataset: gamma {point.gamma:g} is not applied")
-        record = scaled_point(self.source.arch, point, cfg.phi, fixed, dataset)
         reason = over_budget(record["score"], cfg.budget_ops, cfg.budget_params)
         if reason:
             raise BadInput(
@@ -286,11 +287,10 @@ class _Stage:
 
 def run(input: Path, out: Path, config: ScaleConfig, train: TrainOptions) -> dict:
     """Scale INPUT's architecture (one point, a grid, a grid point or the collection) and write OUT."""
-    from mncli.artifact import check_output
     from mncli.bundle import load_bundle
 
     cfg = config.validate()
-    check_output(out, input)
+    check_writable(out, train, input)
     opts = train.resolved(**TRAIN_DEFAULTS).with_fallbacks()
     if cfg.trains:
         if opts.dataset is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
-from mncli.stages.training import TrainOptions, as_record, remove_checkpoints, run_training
+from mncli.stages.training import TrainOptions, as_record, check_writable, remove_checkpoints, run_training
 from mncli.text import parse_choice
 
 # The weight training of a search (ProxylessNAS's recipe; `epochs` are those after the warm-up).
@@ -202,7 +202,6 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     """Search a network on `train.dataset` and write it to OUT (architecture only); the result."""
     import torch
 
-    from mncli.artifact import check_output
     from mncli.data import scoring_task
     from mncli.search.callback import make_callback
     from mncli.search.cost import CostModel, check_target, fmt
@@ -211,7 +210,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
 
     started = time.time()
     cfg = config.validate()
-    check_output(out)
+    check_writable(out, train)
     opts = train.resolved(**TRAIN_DEFAULTS).with_fallbacks()
     if opts.dataset is None:
         raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from mncli.errors import BadInput
 from mncli.log import log
 from mncli.stages.compression import Run, run_stage
-from mncli.stages.training import TrainOptions, as_record
+from mncli.stages.training import TrainOptions, as_record, check_writable
 from mncli.text import fmt_pct, parse_choice
 
 
@@ -70,6 +70,14 @@ class TernarizeConfig:
         ec2t = self.method is TernaryMethod.EC2T
         if self.variant is not TTQVariant.PAPER and ec2t:
             raise BadInput("--variant applies to --method ttq only", hint="drop --variant for ec2t")
+        if self.scale_lr is not None and ec2t:
+            raise BadInput(
+                "--scale-lr applies to --method ttq only", hint="ec2t has --latent-lr and --centroid-lr"
+            )
+        if (self.latent_lr is not None or self.centroid_lr is not None) and not ec2t:
+            raise BadInput("--latent-lr and --centroid-lr apply to --method ec2t only")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise BadInput(f"--tolerance {self.tolerance} is outside [0, 1)", hint="e.g. --tolerance 0.005")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise BadInput(
                 f"threshold {self.threshold} is outside (0, 1)", hint="TTQ uses 0.05, the MIT variant 0.7"
@@ -300,10 +308,8 @@ def ternary_bytes(model, specs: dict, names: list[str]) -> dict:
 
 def run(input: Path, out: Path, config: TernarizeConfig, train: TrainOptions) -> dict:
     """The file stage: one ternarization, or EC2T's grid (every point, one --point, or --collect)."""
-    from mncli.artifact import check_output
-
     config.validate()
-    check_output(out, input)
+    check_writable(out, train, input)
     if not config.grid:
         return _run_one(Ternarization(config), input, Path(out), train)
     if config.collect:

@@ -17,6 +17,8 @@ from mncli.log import log
 from mncli.stages.training import (
     TrainOptions,
     check_model_fits_data,
+    check_teacher,
+    check_writable,
     final_metrics,
     remove_checkpoints,
     run_training,
@@ -105,6 +107,10 @@ def _dataset(input: Path | None, config: TrainStageConfig, asked: str | None) ->
 
     if input is not None:
         return dataset_for_input(input, asked)
+    if config.arch:  # a bad --arch-opt fails here, before any data is read
+        from mncli.models.registry import check_args
+
+        check_args(config.arch, config.arch_opts)
     dataset = asked or (default_dataset(config.arch, config.arch_opts) if config.arch else None)
     if not dataset:
         raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
@@ -122,12 +128,11 @@ def _check_input_size(arch: dict, data) -> None:
 
 def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOptions) -> dict[str, Any]:
     """Train `config.arch` from scratch or continue INPUT; save OUT with metrics and score."""
-    from mncli.artifact import check_output
     from mncli.bundle import save_bundle
     from mncli.engine.runtime import distributed_env
     from mncli.stages.compression import input_image_size
 
-    check_output(out, input)
+    check_writable(out, train, input)
     opts = replace(train, dataset=_dataset(input, config, train.dataset)).validate()
     if (config.arch is None) == (input is None):
         raise BadInput(
@@ -141,6 +146,8 @@ def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOpt
         bundle.arch, data, what=str(input) if input is not None else f"--arch {config.arch}"
     )
     _check_input_size(bundle.arch, data)
+    if opts.teacher is not None:
+        check_teacher(Path(opts.teacher), data)
     model = bundle.model
     params = sum(p.numel() for p in model.parameters())
     rank, _, world = distributed_env()

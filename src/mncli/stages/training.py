@@ -17,6 +17,7 @@ uses it, the same field in `engine.config.TrainConfig`.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
@@ -166,8 +167,10 @@ class TrainOptions:
             raise BadInput(f"--subset must be positive, got {self.subset}", hint="e.g. --subset 2000")
         if self.val_size is not None and self.val_size < 0:
             raise BadInput(f"--val-size must be >= 0, got {self.val_size}", hint="e.g. --val-size 5000")
-        if self.teacher is not None and not Path(self.teacher).is_file():
-            raise BadInput(f"teacher {self.teacher} not found", hint="give a trained .safetensors artifact")
+        if self.device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise BadInput(f"unknown device {self.device!r}", hint="use auto, cpu, cuda or cuda:N")
+        if self.teacher is not None:
+            check_teacher(Path(self.teacher))
         return self
 
     def augmentation(self):
@@ -224,6 +227,20 @@ def ckpt_dir(out: Path | None, phase: str | None = None) -> Path | None:
     return folder / phase if phase else folder
 
 
+def check_writable(out: Path, train: TrainOptions, *inputs: Path | None) -> None:
+    """Before any work: OUT may be written (artifact.check_output), OUT.ckpt/ may hold checkpoints,
+    and with --resume every checkpoint there is readable."""
+    from mncli.artifact import check_output
+    from mncli.engine.checkpoint import check_checkpoints
+
+    check_output(out, *inputs)
+    folder = ckpt_dir(out)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{folder} is a file, where checkpoints go", hint="move it away, or choose another -o")
+    if train.resume:
+        check_checkpoints(folder)
+
+
 def remove_checkpoints(out: Path | None) -> None:
     """Delete OUT.ckpt/ once OUT is written."""
     folder = ckpt_dir(out)
@@ -240,6 +257,30 @@ def check_model_fits_data(arch: dict, data, what: str = "the model") -> None:
                 f"{what} has {key}={args[key]} but {data.name} has {have}",
                 hint=f"train a new model: mncli train --arch {arch.get('name')} --dataset {data.name} -o OUT",
             )
+
+
+def check_teacher(path: Path, data=None) -> None:
+    """BadInput, from the teacher's manifest alone, for a teacher that is missing, not an artifact,
+    has no weights or (given the data) does not fit the dataset: before any training starts."""
+    from mncli.artifact import read_manifest
+
+    if not path.is_file():
+        raise BadInput(f"teacher {path} not found", hint="give a trained .safetensors artifact")
+    try:
+        manifest = read_manifest(path)
+    except BadInput as exc:
+        raise BadInput(f"teacher {exc.message}", hint="give a trained .safetensors artifact") from None
+    if not _has_tensors(path):
+        raise BadInput(f"teacher {path} is architecture-only (no weights)", hint="train it first")
+    if data is not None:
+        check_model_fits_data(manifest.get("arch") or {}, data, what=f"teacher {path}")
+
+
+def _has_tensors(path: Path) -> bool:
+    from mncli.artifact.io import read_header
+
+    header, _, _ = read_header(path)
+    return any(key != "__metadata__" for key in header)
 
 
 def load_teacher(path: Path | None, data):
