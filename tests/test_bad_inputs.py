@@ -444,7 +444,7 @@ ROWS = [
     ),
     # ---- export
     row("export-architecture-only", "export", "{arch}", "-o", "out.pt"),
-    row("export-format-typo", "export", "{cnn}", "-o", "out.pt", "--format", "onnx"),
+    row("export-format-typo", "export", "{cnn}", "-o", "out.pt", "--format", "onxx"),
     row("export-output-a-directory", "export", "{cnn}", "-o", "out.safetensors", setup=_out_dir),
     row("export-output-is-the-input", "export", "cnn.safetensors", "-o", "cnn.safetensors", setup=_copies),
     row(
@@ -457,7 +457,7 @@ ROWS = [
     ),
     row("export-output-below-a-file", "export", "{cnn}", "-o", "file/out.pt", setup=_a_file),
     row("export-text-file", "export", "{notes}", "-o", "out.pt"),
-    row("export-pruned-format-typo", "export", "{pruned}", "-o", "out.onnx", "--format", "onnx"),
+    row("export-pruned-format-typo", "export", "{pruned}", "-o", "out.onnx", "--format", "onxx"),
     row("export-huge-shape-hash-fixed", "export", "{huge_shape}", "-o", "out.pt"),
     row("export-forged-class-count", "export", "{classes_7}", "-o", "out.pt"),
     # ---- train: options out of range, choice typos, conflicts, data, outputs

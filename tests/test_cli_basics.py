@@ -66,7 +66,7 @@ def test_help_paragraphs_are_single_lines(name):
     ("argv", "option"),
     [
         (["eval", "missing.safetensors", "--split", "tset"], "--split"),
-        (["export", "missing.safetensors", "-o", "m.pt", "--format", "onnx"], "--format"),
+        (["export", "missing.safetensors", "-o", "m.pt", "--format", "onxx"], "--format"),
         (["score", "--arch", "resnet20", "--ternary-mults", "sparse"], "--ternary-mults"),
     ],
 )

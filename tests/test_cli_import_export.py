@@ -195,8 +195,8 @@ def test_export_programs_run_without_mncli(tmp_path, run_cli, fmt, suffix):
 
 def test_export_refuses_bad_format_and_missing_input(tmp_path, run_cli):
     _, art = _artifact(tmp_path, "test-mlp")
-    result = run_cli("export", art, "-o", tmp_path / "m.onnx", "--format", "onnx")
-    assert result.code == 2 and "onnx" in result.err
+    result = run_cli("export", art, "-o", tmp_path / "m.onnx", "--format", "onxx")
+    assert result.code == 2 and "onxx" in result.err
     assert run_cli("export", tmp_path / "nope.safetensors", "-o", tmp_path / "m.pt").code == 2
 
 

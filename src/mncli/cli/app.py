@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape  # error messages are text: "mncli[onnx]" is not a markup tag
 
 # Typer 0.26 (pinned in pyproject) carries its own copy of click: its exceptions are these.
 from typer._click.exceptions import Abort, ClickException, NoArgsIsHelpError
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if is_verbose():
             traceback.print_exc()
         interrupted = exc.exit_code in (130, 143)  # a clean stop on a signal is not an error
-        _say(exc.message if interrupted else f"[red]error:[/red] {exc.message}", exc.hint)
+        message, hint = escape(exc.message), escape(exc.hint) if exc.hint else None
+        _say(message if interrupted else f"[red]error:[/red] {message}", hint)
         return exc.exit_code
     except KeyboardInterrupt:
         _say("interrupted")

@@ -20,8 +20,14 @@ HELP = "\n\n".join(
         "add, squeeze-excite gate and pooling) with each layer's real bits and measured sparsity; the bits "
         "a layer claims are checked against its values. Multiplications and additions are counted "
         "separately.",
+        "An ONNX image classifier (.onnx, from any tool; needs the onnx extra: pip install 'mncli\\[onnx]') "
+        "is counted from its graph by the same rules: ops from its nodes, bits from its "
+        "QuantizeLinear/DequantizeLinear nodes and tensor types, sparsity from its weights. An op the "
+        "rules do not know is refused by name. The dataset is the one an mncli export recorded, else "
+        "--dataset (default: imagenet for 1000 classes at 128 px or more, else cifar100).",
         "Examples:",
         "  mncli score q.safetensors",
+        "  mncli score model.onnx --dataset imagenet",
         "  mncli score q.safetensors --json | jq .score",
         "  mncli score --arch wrn-28-10 --dataset cifar100",
         "  mncli score --arch efficientnet-b0 --dataset imagenet --freebie16",
@@ -108,7 +114,9 @@ def build_table(result: dict):
 
 Artifact = Annotated[
     Path | None,
-    typer.Argument(metavar="INPUT", help="Artifact to score (.safetensors).", show_default=False),
+    typer.Argument(
+        metavar="INPUT", help="Artifact (.safetensors) or ONNX model (.onnx) to score.", show_default=False
+    ),
 ]
 Dataset = train_option(
     "dataset",

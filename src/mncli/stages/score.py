@@ -1,4 +1,5 @@
-"""The `score` stage: the MicroNet score of an artifact (real values, verified claims) or of an
+"""The `score` stage: the MicroNet score of an artifact (real values, verified claims), of an ONNX
+model (`mncli.scoring.onnx`: ops from the graph, bits from its QDQ nodes and tensor types), or of an
 architecture alone (counted on the meta device: no weights, no memory)."""
 
 from __future__ import annotations
@@ -154,12 +155,48 @@ def _score_artifact(cfg: ScoreConfig) -> dict:
     return {"model": arch, "source": str(path), "stage": bundle.manifest.get("stage"), **report}
 
 
+def is_onnx(path: Path | str) -> bool:
+    """An ONNX model rather than an mncli artifact: by its suffix."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def _onnx_task(cfg: ScoreConfig, graph) -> str:
+    """--dataset, else the task an mncli export recorded (the artifact's), else imagenet for 1000
+    classes at 128 px or more, else cifar100 (said in the log either way)."""
+    if cfg.dataset:
+        return _check_dataset(cfg.dataset)
+    recorded = graph.metadata.get("mncli.task") or graph.metadata.get("mncli.dataset")
+    if recorded:
+        return _check_dataset(recorded)
+    size = min(graph.input_shape[1:] or (0,))
+    guess = "imagenet" if graph.num_classes == 1000 and size >= 128 else "cifar100"
+    log(f"no --dataset given and none recorded in {cfg.artifact}: scoring it for {guess}")
+    return guess
+
+
+def _score_onnx(cfg: ScoreConfig) -> dict:
+    from mncli.scoring.onnx import load_onnx, score_onnx
+
+    graph = load_onnx(cfg.artifact)
+    task = _onnx_task(cfg, graph)
+    accuracy = graph.metadata.get("mncli.test_top1")
+    try:
+        accuracy = float(accuracy) if accuracy is not None else None
+    except ValueError:
+        accuracy = None
+    report = score_onnx(graph, task=task, test_accuracy=accuracy, **_score_kwargs(cfg))
+    return {"model": graph.arch(), "source": str(cfg.artifact), "format": "onnx", **report}
+
+
 def run(cfg: ScoreConfig) -> dict:
     """Score an artifact or an architecture; returns the `--json` object."""
     if (cfg.artifact is None) == (cfg.arch is None):
         raise BadInput(
             "give exactly one of an artifact or --arch",
-            hint="mncli score model.safetensors, or mncli score --arch wrn-28-10 --dataset cifar100",
+            hint="mncli score model.safetensors, mncli score model.onnx, or mncli score --arch wrn-28-10 "
+            "--dataset cifar100",
         )
     cfg.validate()
-    return _score_arch(cfg) if cfg.arch is not None else _score_artifact(cfg)
+    if cfg.arch is not None:
+        return _score_arch(cfg)
+    return _score_onnx(cfg) if is_onnx(cfg.artifact) else _score_artifact(cfg)
