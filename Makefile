@@ -12,7 +12,7 @@ DEMO := demo
 RUNS := runs/fashion-mnist
 JOBS ?= 2
 
-.PHONY: install data test test-all lint format demo fashion-mnist fashion-mnist-baseline fashion-mnist-search bench clean help
+.PHONY: install data test test-all lint format demo fashion-mnist fashion-mnist-baseline fashion-mnist-search bench gpu-check clean help
 
 help:
 	@echo "make demo         install everything, run the compression pipeline on Fashion-MNIST (minutes)"
@@ -22,6 +22,7 @@ help:
 	@echo "make fashion-mnist-baseline  fmnist-net, 20 epochs, >= 92.5 % test (about 15-20 min on 2 cores)"
 	@echo "make fashion-mnist-search  search under 5M ops, then searched net vs fmnist-net over 3 seeds"
 	@echo "make bench        benchmarks; results in bench/results/"
+	@echo "make gpu-check    every stage on CUDA GPUs (one, then all via torchrun) vs CPU; bench/results/gpu_check.json"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +78,11 @@ bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/score_at_scale.py
 	$(PY) bench/supernet_single_path.py
+
+# Every stage at smoke size on one GPU, then all of them via torchrun (bf16, fp16), against the CPU run;
+# exits 2 on a machine without CUDA. GPU_CHECK_OPTS, e.g. "--gpus 2 --precisions bf16" or "--dry-run".
+gpu-check: install
+	@$(PY) bench/gpu_check.py $(GPU_CHECK_OPTS)
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .ruff_cache

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MNCLI_NUM_THREADS", "1")
+# Every torchrun worker a test starts runs the collective checker (tests/distributed_checker.py).
+os.environ.setdefault("MNCLI_COLLECTIVE_CHECK", "1")
+_TESTS = str(Path(__file__).parent)  # for tests/sitecustomize.py in the workers
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_TESTS, os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(autouse=True, scope="session")

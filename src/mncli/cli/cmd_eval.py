@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         as_json: Json = False,
     ) -> None:
+        from mncli.stages.compression import other_rank
         from mncli.stages.evaluate import EvalConfig, run
 
         config = EvalConfig(
@@ -50,6 +51,8 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size, device=device,
         )  # fmt: skip
         result = run(config)
+        if other_rank(result):  # under torchrun rank 0 alone prints
+            return
         output.emit(result, as_json=as_json, table=_table(result))
 
 

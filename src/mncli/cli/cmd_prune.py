@@ -131,6 +131,7 @@ def register(app: typer.Typer) -> None:
         *,
         train: TrainOptions,
     ) -> None:
+        from mncli.stages.compression import other_rank
         from mncli.stages.prune import PruneConfig, run
 
         config = PruneConfig(
@@ -142,6 +143,8 @@ def register(app: typer.Typer) -> None:
             retrain_epochs=retrain_epochs,
         )  # fmt: skip
         result = run(inp, out, config, train)
+        if other_rank(result):  # under torchrun rank 0 alone prints
+            return
         output.emit(result, as_json=as_json, table=_table(result), out_path=str(out))
 
 

@@ -17,6 +17,7 @@ from mncli.cli.options import (
     method_option,
     training_options,
 )
+from mncli.stages.compression import other_rank
 from mncli.stages.quantize import Calibration, QuantizeConfig, QuantizeMethod, run
 from mncli.stages.training import TrainOptions
 from mncli.text import fmt_pct
@@ -97,6 +98,8 @@ def register(app: typer.Typer) -> None:
             recipe=recipe, pact_decay=pact_decay,
         )  # fmt: skip
         result = run(inp, out, config, train)
+        if other_rank(result):  # under torchrun rank 0 alone prints
+            return
         output.emit(result, as_json=as_json, table=_table(result), out_path=result["output"])
 
 

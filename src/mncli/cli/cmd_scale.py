@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         as_json: Json = False,
     ) -> None:
+        from mncli.stages.compression import other_rank
         from mncli.stages.scale import ScaleConfig, run
 
         config = ScaleConfig(
@@ -81,6 +82,8 @@ def register(app: typer.Typer) -> None:
             collect=collect, budget_ops=budget_ops, budget_params=budget_params,
         )  # fmt: skip
         result = run(inp, out, config, train)
+        if other_rank(result):  # under torchrun rank 0 alone prints
+            return
         output.emit(result, as_json=as_json, table=_table(result), out_path=result["output"])
 
 

@@ -170,6 +170,8 @@ def register(app: typer.Typer) -> None:
             arch_steps=arch_steps, weights_warmup_epochs=weights_warmup_epochs,
         )  # fmt: skip
         result = run(out, config, train)
+        if "output" not in result:  # a DDP rank other than 0: rank 0 prints
+            return
         output.emit(result, as_json=as_json, table=_table(result), out_path=result["output"])
 
 

@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
         train: TrainOptions,
     ) -> None:
         from mncli.models import parse_arch_opts
+        from mncli.stages.compression import other_rank
         from mncli.stages.train import TrainStageConfig, run
 
         if inp is not None and arch is not None:
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
         arch_args = parse_arch_opts(arch_opt)
         config = TrainStageConfig(arch=arch, arch_opts=arch_args, keep_best=not keep_last)
         result = run(inp, out, config, train)
-        if "output" not in result:  # a DDP rank other than 0: rank 0 prints
+        if other_rank(result):  # under torchrun rank 0 alone prints
             return
         output.emit(result, as_json=as_json, table=_table(result), out_path=str(out))
 

@@ -38,6 +38,7 @@ class TrainConfig:
     keep_best: bool = True  # best-on-validation weights in FitResult.best_state
     max_steps_per_epoch: int | None = None  # cap for quick trials and benchmarks
     drop_last: bool = True  # no tiny last batch (BatchNorm statistics suffer from it)
+    sync_bn: bool = False  # under DDP, BatchNorm statistics over all ranks' batches (distributed.py)
 
     def validate(self) -> TrainConfig:
         def bad(option: str, value, hint: str) -> BadInput:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mncli.engine import checkpoint as ckpt
-from mncli.engine import depthwise, runtime
+from mncli.engine import depthwise, distributed, runtime
 from mncli.engine.callbacks import Callback, Context
 from mncli.engine.config import TrainConfig
 from mncli.engine.evaluate import evaluate
@@ -47,8 +47,11 @@ def fit(
     """Train `model` in place on `data.train`, validating on `data.val` after each epoch.
 
     Checkpoints go to `ckpt_dir` after every epoch and on SIGINT/SIGTERM (then TrainingInterrupted);
-    `resume=True` continues from it. The model ends with its last weights; `best_state` holds the
-    best-on-validation ones (when cfg.keep_best)."""
+    `resume=True` continues from it, and so does a job torchrun restarted (--max-restarts; its
+    TORCHELASTIC_RESTART_COUNT > 0) when the checkpoint there was written by this job. The model ends
+    with its last weights; `best_state` holds the best-on-validation ones (when cfg.keep_best).
+    Under torchrun every collective is on the rank's device (see distributed.py); `cfg.sync_bn`
+    normalises BatchNorm with the statistics of all ranks' batches."""
     cfg.validate()
     callbacks = list(callbacks)
     rt = runtime.configure(cfg.device, cfg.precision, cfg.channels_last)
@@ -65,10 +68,18 @@ def fit(
             teacher.to(memory_format=torch.channels_last)
         if patched:
             patched += depthwise.patch_strided_depthwise(teacher)
+    if cfg.sync_bn:
+        if rt.world_size > 1:
+            patched += distributed.sync_batchnorm(model)
+        elif rt.is_main:
+            log("--sync-bn: one process, so BatchNorm is left as it is")
     forward_model = model
     if rt.world_size > 1:
         forward_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            model,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            # a model whose steps leave parameters unused (the search's one sampled path) says so
+            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
         )
     optimizer = build_optimizer(param_groups(model, cfg, callbacks), cfg)
     scaler = torch.amp.GradScaler("cuda") if rt.autocast_dtype is torch.float16 else None
@@ -102,10 +113,13 @@ def fit(
     history: list[dict] = []
     best = {"acc": -1.0, "epoch": -1, "state": None}
     start_epoch, start_batch, partial = 0, 0, [0.0, 0.0, 0.0]
-    if resume:
+    state = None if resume else _restarted_job_checkpoint(ckpt_dir)
+    if state is not None and rt.is_main:
+        log(f"torchrun restarted the job (attempt {distributed.elastic_restart() + 1}): resuming")
+    if resume or state is not None:
         if ckpt_dir is None:
             raise BadInput("--resume needs an output path", hint="give the same -o as the interrupted run")
-        state = ckpt.load_checkpoint(ckpt_dir)
+        state = state or ckpt.load_checkpoint(ckpt_dir)
         check_resumable(state, cfg)
         _restore(state, Path(ckpt_dir) / ckpt.FILE, model, optimizer, scaler, callbacks, cfg, steps_per_epoch)
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
@@ -136,6 +150,8 @@ def fit(
             "best_epoch": best["epoch"],
             "config": cfg.to_dict(),
         }
+        if distributed.run_id() is not None:
+            state["run_id"] = distributed.run_id()
         if best["state"] is not None:
             state["best_state"] = best["state"]
         if scaler is not None:
@@ -189,7 +205,7 @@ def fit(
                                 f"  acc {100 * sums[1] / sums[2]:.1f}%"
                             ),
                         )
-                    if agree_to_stop(stop.signum is not None, rt.world_size):
+                    if agree_to_stop(stop.signum is not None, rt.world_size, rt.device):
                         save(epoch, batch_index + 1, sums)
                         raise interrupted(stop.signum, epoch, batch_index + 1, ckpt_dir, resume_hint)
                     if ctx.stop_training:
@@ -229,6 +245,17 @@ def fit(
         wall_time=time.perf_counter() - started,
         steps=len(history) * steps_per_epoch,
     )
+
+
+def _restarted_job_checkpoint(ckpt_dir) -> dict | None:
+    """In a job torchrun restarted: its checkpoint, when one exists and was written by this job (the
+    same TORCHELASTIC_RUN_ID), not left over from another run; else None."""
+    if ckpt_dir is None or distributed.elastic_restart() <= 0 or distributed.run_id() is None:
+        return None
+    if not (Path(ckpt_dir) / ckpt.FILE).is_file():
+        return None
+    state = ckpt.load_checkpoint(ckpt_dir)
+    return state if state.get("run_id") == distributed.run_id() else None
 
 
 def _callback_types(callbacks) -> list[str]:
@@ -361,14 +388,12 @@ def _train_step(ctx: Context, x, y, epoch: int, batch_index: int, callbacks, sca
 
 
 def _epoch_metrics(ctx: Context, sums, rt, channels_last: bool, data, seconds: float, seen: int) -> dict:
-    totals = torch.tensor(sums, dtype=torch.float64)
-    if rt.world_size > 1:
-        torch.distributed.all_reduce(totals)
-    count = max(1.0, totals[2].item())
+    totals = distributed.all_reduce_sum(sums, rt.device, rt.world_size)
+    count = max(1.0, totals[2])
     metrics = {
         "epoch": ctx.epoch + 1,
-        "train_loss": totals[0].item() / count,
-        "train_acc": totals[1].item() / count,
+        "train_loss": totals[0] / count,
+        "train_acc": totals[1] / count,
         "lr": ctx.cfg.lr * ctx.lr_scale,
         "seconds": round(seconds, 3),
         "images_per_s": round(seen * rt.world_size / max(seconds, 1e-9), 1),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mncli.engine.distributed import init_group
 from mncli.errors import BadInput
 
 
@@ -108,8 +109,7 @@ def configure(device: str = "auto", precision: str = "auto", channels_last: bool
         raise BadInput("this CPU has no native bfloat16", hint="use --precision fp32")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
+        init_group(dev, rank, world)
     cl = True if channels_last is None else channels_last
     return Runtime(dev, dtype, cl, threads, rank, local_rank, world, allocator)
 

@@ -54,10 +54,11 @@ class StopSignal:
             signal.signal(signum, handler)
 
 
-def agree_to_stop(flag: bool, world_size: int) -> bool:
+def agree_to_stop(flag: bool, world_size: int, device: torch.device | str) -> bool:
+    """True on every rank when any rank was signalled (a collective on the rank's `device`)."""
     if world_size <= 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(value)
     return value.item() > 0
 

@@ -81,26 +81,41 @@ def reestimate_bn(supernet: SuperNet, batches, device: torch.device, steps: int 
 
 
 @torch.no_grad()
-def accuracy(supernet: SuperNet, split, device: torch.device) -> float | None:
+def accuracy(
+    supernet: SuperNet, split, device: torch.device, *, rank: int = 0, world_size: int = 1
+) -> float | None:
+    """Top-1 on `split`; under torchrun each rank counts its strided share and the counts are summed
+    (every example counted once)."""
     supernet.eval()
     correct = total = 0
-    for x, y in split:
+    batches = split if world_size <= 1 else split.batches(rank=rank, world_size=world_size)
+    for x, y in batches:
         logits = supernet(x.to(device))
-        correct += int((logits.argmax(1).cpu() == y).sum())
+        correct += int((logits.argmax(1).cpu() == y.cpu()).sum())
         total += int(y.numel())
+    if world_size > 1:
+        counts = torch.tensor([correct, total], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(counts)
+        correct, total = (int(v) for v in counts.tolist())
     return correct / total if total else None
 
 
 def shared_weight_accuracy(
-    supernet: SuperNet, data, indices: list[int], device: torch.device, seed: int
-) -> float | None:
-    """Validation top-1 of the derived network with the super-network's weights (BN re-estimated)."""
+    supernet: SuperNet, data, indices: list[int], device: torch.device, seed: int, *, rank: int = 0,
+    world_size: int = 1,
+) -> float | None:  # fmt: skip
+    """Validation top-1 of the derived network with the super-network's weights (BN re-estimated).
+
+    Under torchrun every rank re-estimates the statistics on the same global batches (world_size x
+    the split's batch size: a single process's with that batch size), so they agree, then counts its
+    share of val."""
     supernet.to(device)
     set_path(supernet, indices)
-    reestimate_bn(supernet, data.train.batches(epoch=0, seed=seed, device=device), device)
+    size = data.train.batch_size * world_size if world_size > 1 else None
+    reestimate_bn(supernet, data.train.batches(size, epoch=0, seed=seed, device=device), device)
     for op, j in zip(supernet.mixed, indices, strict=True):
         op.mode, op.active = "fixed", j
     try:
-        return accuracy(supernet, data.val, device)
+        return accuracy(supernet, data.val, device, rank=rank, world_size=world_size)
     finally:
         supernet.set_mode("argmax")

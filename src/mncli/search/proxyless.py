@@ -106,13 +106,42 @@ class ArchitectureSearch:
             op.mode = "path"
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """One update of every alpha on a validation batch; returns the loss terms."""
+        """One update of every alpha on a validation batch; returns the loss terms.
+
+        Under torchrun (a process group of several ranks) x, y are this rank's share of one global
+        validation batch. Every rank samples the same gates (one seed, identical alphas); the alpha
+        gradients, weighted by each share's size, are summed in one all-reduce, so the step is the
+        one on the global batch (up to batch-norm statistics, each share's own unless synchronised),
+        and every rank takes the same Adam step."""
         cfg, net = self.config, self.supernet
         ops = list(net.mixed)
+        for op in ops:
+            sample_path(op, self.generator, uniform=False, mode=cfg.binary_mode)
+        grads, ce, loss, expected = self._gradients(ops, x, y)
+        if _world_size() > 1:
+            grads, ce, loss = _all_reduce_weighted(grads, ce, loss, int(y.shape[0]))
+        old_alphas = [op.alpha.detach().clone() for op in ops]
+        for op, grad in zip(ops, grads, strict=True):
+            op.alpha.grad = grad
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cfg.binary_mode == "two":
+            for op, old in zip(ops, old_alphas, strict=True):
+                rescale_two(op, old)
+        self.arch_steps_done += 1
+        self.last = {
+            "arch_ce": float(ce),
+            "arch_loss": float(loss),
+            "expected_cost": float(expected),
+        }
+        return self.last
+
+    def _gradients(self, ops: list[MixedOp], x: torch.Tensor, y: torch.Tensor):
+        """(alpha gradient per block, CE, loss, E[cost]) on one batch, with the gates sampled."""
+        cfg, net = self.config, self.supernet
         was_training = net.training
         net.train()
         for op in ops:
-            sample_path(op, self.generator, uniform=False, mode=cfg.binary_mode)
             op.mode = "arch"
         try:
             logits = net(x)
@@ -126,26 +155,15 @@ class ArchitectureSearch:
             for op in ops:
                 op.mode = "path"
             net.train(was_training)
-        old_alphas = [op.alpha.detach().clone() for op in ops]
+        out = []
         for op, direct, gate_grad in zip(ops, grads[: len(ops)], grads[len(ops) :], strict=True):
             grad = torch.zeros_like(op.alpha) if direct is None else direct.clone()
             if gate_grad is not None:
                 idx = op.involved
                 probs = torch.softmax(op.alpha.detach()[idx], dim=0)
                 grad[idx] += estimator_gradient(probs, gate_grad.detach().to(grad.device)[idx])
-            op.alpha.grad = grad
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if cfg.binary_mode == "two":
-            for op, old in zip(ops, old_alphas, strict=True):
-                rescale_two(op, old)
-        self.arch_steps_done += 1
-        self.last = {
-            "arch_ce": ce.item(),
-            "arch_loss": loss.item(),
-            "expected_cost": expected.item(),
-        }
-        return self.last
+            out.append(grad)
+        return out, ce.detach(), loss.detach(), expected.detach()
 
     def state_dict(self) -> dict:
         return {
@@ -162,6 +180,26 @@ class ArchitectureSearch:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.arch_steps_done = int(state["arch_steps_done"])
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce_weighted(grads: list[torch.Tensor], ce, loss, count: int):
+    """Every rank's gradients, CE and loss weighted by its share's size: one all-reduce of one flat
+    tensor on the alphas' device (NCCL takes no CPU tensor), then divided by the global count. Each
+    loss is linear in the mean CE, so this is the gradient of the loss on the global batch."""
+    device = grads[0].device
+    sizes = [g.numel() for g in grads]
+    terms = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in (ce, loss)])
+    flat = torch.cat([torch.cat(grads).float(), terms, torch.ones(1, device=device)]) * count
+    torch.distributed.all_reduce(flat)
+    total = flat[-1].item()
+    flat = flat / total  # > 0: every rank has examples (search.callback._val_shares)
+    parts = list(torch.split(flat[: sum(sizes)], sizes))
+    return [p.to(g.dtype).clone() for p, g in zip(parts, grads, strict=True)], flat[-3], flat[-2]
 
 
 def rescale_two(op: MixedOp, old_alpha: torch.Tensor) -> None:

@@ -203,7 +203,13 @@ class _BinaryGateGradient(torch.autograd.Function):
 
 
 class SuperNet(nn.Module):
-    """stem -> [fixed first block] -> choice blocks -> [head 1x1 conv] -> pool -> classifier."""
+    """stem -> [fixed first block] -> choice blocks -> [head 1x1 conv] -> pool -> classifier.
+
+    Under torchrun the engine's DDP is told that a step leaves parameters unused: a weight step runs
+    one sampled path (the same one on every rank, `ArchitectureSearch` samples with one seed), so the
+    other candidates get no gradient on any rank and keep `grad None`, as in a single process."""
+
+    ddp_find_unused_parameters = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, shared: bool = False):
         super().__init__()

@@ -67,6 +67,7 @@ def run(config: EvalConfig) -> dict:
     from mncli.data import load_data
     from mncli.engine import evaluate
     from mncli.engine.runtime import configure, uses_4d_inputs
+    from mncli.stages.compression import process_group
 
     if not Path(config.input).is_file():
         raise BadInput(f"input {config.input} not found", hint="give the path of a .safetensors artifact")
@@ -100,12 +101,19 @@ def run(config: EvalConfig) -> dict:
         )
     split = {Split.VAL: lambda: data.val, Split.TEST: lambda: data.test, Split.TRAIN: lambda: data.train}
     images = split[config.split]()
-    rt = configure(config.device, precision="fp32")  # threads as the engine sets them; fp32 arithmetic
-    model = bundle.model.to(rt.device)
-    if rt.channels_last and uses_4d_inputs(model):
-        model.to(memory_format=torch.channels_last)
-    started = time.perf_counter()
-    scores = evaluate(model, images, rt.device, batch_size=config.batch_size, channels_last=rt.channels_last)
+    with process_group(config.device):  # under torchrun: each rank measures its share, rank 0 reports
+        rt = configure(config.device, precision="fp32")  # threads as the engine sets them; fp32 arithmetic
+        model = bundle.model.to(rt.device)
+        channels_last = rt.channels_last and uses_4d_inputs(model)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        started = time.perf_counter()
+        scores = evaluate(
+            model, images, rt.device, batch_size=config.batch_size, channels_last=channels_last,
+            rank=rt.rank, world_size=rt.world_size,
+        )  # fmt: skip
+    if rt.rank != 0:
+        return {"rank": rt.rank}
     return {
         "artifact": str(config.input),
         "dataset": data.name,

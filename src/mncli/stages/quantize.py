@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
-from mncli.stages.compression import Run, run_stage
+from mncli.stages.compression import Run, from_main, run_stage
 from mncli.stages.training import TrainOptions, as_record
 from mncli.text import fmt_pct, parse_choice
 
@@ -161,12 +161,21 @@ class Quantization:
         from mncli.compress.prune.callbacks import keep_pruned
         from mncli.compress.quant import qat
         from mncli.compress.quant.ptq import observe_inputs
+        from mncli.engine.distributed import group_shard
 
         cfg, model, specs = self.config, run.model, run.specs
         modules = dict(model.named_modules())
         act_layers = {name: modules[name] for name, plan in plans.items() if plan.int_act}
-        stats = (
-            observe_inputs(model, act_layers, run.data.train, cfg.calib_batches, device) if act_layers else {}
+        # under torchrun rank 0 calibrates and every rank takes its statistics (the same ranges, signs
+        # and initial scales everywhere), on batches of the global batch size: the images one process
+        # with that batch size calibrates on
+        world = group_shard()[1]
+        split = run.data.train
+        batches = split if world == 1 else split.batches(split.batch_size * world)
+        stats = from_main(
+            lambda: (
+                observe_inputs(model, act_layers, batches, cfg.calib_batches, device) if act_layers else {}
+            )
         )
         if cfg.ptq:
             qat.prepare_ptq(model, plans, stats, cfg.calibration, cfg.percentile, specs)
@@ -269,6 +278,8 @@ def run(input: Path, out: Path, config: QuantizeConfig, train: TrainOptions) -> 
     """The file stage: quantize INPUT into OUT (dataset: the one asked for, else the input's own)."""
     config.validate()
     result = run_stage(Quantization(config), input, out, train)
+    if "output" not in result:  # a rank other than 0 under torchrun
+        return result
     before, after = fmt_pct(result["test_acc_before"]), fmt_pct(result["test_acc"])
     log(
         f"quantized {result['int_weight_layers']} weight / {result['int_act_layers']} activation layers "

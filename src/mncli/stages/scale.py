@@ -82,6 +82,7 @@ class _Stage:
     cfg: ScaleConfig
     opts: TrainOptions
     source: object
+    main: bool = True  # rank 0 (or one process): the rank that writes
 
     def _save(self, arch: dict, path: Path, stage: str, metrics: dict, data: dict, extra: dict) -> dict:
         from mncli.bundle import Bundle, save_bundle
@@ -181,7 +182,7 @@ class _Stage:
         data = None
         for record in records:
             _, data = self._run_point(record, gid, len(records), data=data)
-        return self.collect()
+        return self.collect() if self.main else {}
 
     def _train(self, arch: dict, data, path: Path) -> float:
         """A short training from scratch, checkpointed beside the point file; the best val accuracy."""
@@ -215,6 +216,8 @@ class _Stage:
             )
             record["val_acc"] = self._train(record["arch"], data, path)
             record["status"] = "trained"
+        if not self.main:  # rank 0 writes the point file
+            return {}, data
         extra = {"scale_point": {"grid_id": gid, "phi": cfg.phi, "grid_size": n_points,
                                  "source_arch": self.source.arch, **record}}  # fmt: skip
         manifest = self._save(
@@ -286,8 +289,11 @@ class _Stage:
 
 
 def run(input: Path, out: Path, config: ScaleConfig, train: TrainOptions) -> dict:
-    """Scale INPUT's architecture (one point, a grid, a grid point or the collection) and write OUT."""
+    """Scale INPUT's architecture (one point, a grid, a grid point or the collection) and write OUT.
+    Under torchrun every rank trains each grid point (DDP); rank 0 alone writes the point files and
+    OUT and returns the result, the others {"rank": r}."""
     from mncli.bundle import load_bundle
+    from mncli.stages.compression import process_group
 
     cfg = config.validate()
     check_writable(out, train, input)
@@ -299,9 +305,12 @@ def run(input: Path, out: Path, config: ScaleConfig, train: TrainOptions) -> dic
             )
         opts.validate()
     source = load_bundle(input, require_weights=False)
-    stage = _Stage(Path(input), Path(out), cfg, opts, source)
-    if cfg.collect:
-        return stage.collect()
-    if cfg.trains:
-        return stage.run_grid()
-    return stage.single()
+    with process_group(opts.device) as ranks:
+        stage = _Stage(Path(input), Path(out), cfg, opts, source, ranks.is_main)
+        if cfg.collect:
+            result = stage.collect() if ranks.is_main else {}
+        elif cfg.trains:
+            result = stage.run_grid()
+        else:
+            result = stage.single() if ranks.is_main else {}
+        return result if ranks.is_main else {"rank": ranks.rank}

@@ -5,6 +5,11 @@ The weights train with the training options (`TrainOptions`, defaults `TRAIN_DEF
 `weights_warmup_epochs` on random paths, then `epochs` of search with architecture steps in between.
 
     result = run(Path("arch.safetensors"), SearchConfig(target_ops=5e6), TrainOptions(dataset="mnist"))
+
+Under torchrun every rank searches in lock-step (the same sampled paths; weight gradients reduced by
+the engine's DDP, architecture gradients by an all-reduce of the alphas' gradients, see
+mncli.search.proxyless); rank 0 alone logs, writes OUT and returns the result, the other ranks
+return {"rank": r}.
 """
 
 from __future__ import annotations
@@ -203,8 +208,10 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     import torch
 
     from mncli.data import scoring_task
+    from mncli.engine.runtime import distributed_env
     from mncli.search.callback import make_callback
     from mncli.search.cost import CostModel, check_target, fmt
+    from mncli.search.derive import derive, shared_weight_accuracy
     from mncli.search.proxyless import ArchConfig, ArchitectureSearch
     from mncli.search.supernet import SuperNet
 
@@ -219,6 +226,8 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     total = cfg.weights_warmup_epochs + opts.epochs
     replace(opts, epochs=total).validate()  # the engine runs warm-up and search epochs as one
     metric, target = cfg.metric_and_target()
+    rank, _, world = distributed_env()
+    say = log if rank == 0 else _quiet
     torch.manual_seed(opts.seed)
     data = opts.load_data()
     space = build_space(cfg, data.in_channels, data.image_size, data.num_classes)
@@ -228,14 +237,14 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     low, high = costs.minimum(), costs.maximum()
     if target is None:
         target = math.sqrt(low * high)
-        log(f"no target given: aiming at {fmt(target, metric)} {metric}, the middle of this space")
+        say(f"no target given: aiming at {fmt(target, metric)} {metric}, the middle of this space")
     check_target(costs, target)
-    log(
+    say(
         f"search space: {len(supernet.mixed)} choice blocks, {metric} from {fmt(low, metric)} to "
         f"{fmt(high, metric)}; target {fmt(target, metric)}"
     )
     if target > high:
-        log(f"the target is above the largest network of the space ({fmt(high, metric)}): nothing to trade")
+        say(f"the target is above the largest network of the space ({fmt(high, metric)}): nothing to trade")
     arch_cfg = ArchConfig(
         binary_mode=str(cfg.binary_mode), arch_lr=cfg.arch_lr, update_every=cfg.arch_every,
         arch_steps=cfg.arch_steps, weights_warmup_epochs=cfg.weights_warmup_epochs,
@@ -246,17 +255,32 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
     fitted = run_training(
         supernet, opts, data, out=out, callbacks=[callback], phase="search", keep_best=False, epochs=total
     )
-    return _derive_and_save(out, cfg, opts, supernet, costs, data, callback.history, target, task, fitted,
-                            started)  # fmt: skip
+    # every rank derives the same network (identical alphas) and evaluates its share of val
+    result = derive(supernet, costs, target, cfg.fit_target)
+    device = next(supernet.parameters()).device
+    shared_acc = shared_weight_accuracy(
+        supernet, data, result["indices"], device, opts.seed, rank=rank, world_size=world
+    )
+    saved = {"rank": rank}
+    if rank == 0:
+        saved = _save(out, cfg, opts, supernet, costs, data, callback.history, target, task, fitted, started,
+                      result, shared_acc)  # fmt: skip
+    from mncli.engine.distributed import leave_group
+
+    leave_group()
+    return saved
 
 
-def _derive_and_save(out, cfg, opts, supernet, costs, data, history, target, task, fitted, started) -> dict:
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0 under torchrun: nothing (rank 0 logs for all)."""
+
+
+def _save(out, cfg, opts, supernet, costs, data, history, target, task, fitted, started, result,
+          shared_acc) -> dict:  # fmt: skip
     from mncli.bundle import Bundle, arch_score, save_bundle
     from mncli.search.cost import fmt
-    from mncli.search.derive import derive, shared_weight_accuracy
 
     metric = costs.metric
-    result = derive(supernet, costs, target, cfg.fit_target)
     if result["fitted_blocks"]:
         log(
             f"argmax network: {fmt(result['argmax_cost'], metric)} {metric}; moved blocks "
@@ -268,8 +292,6 @@ def _derive_and_save(out, cfg, opts, supernet, costs, data, history, target, tas
     note = undecided_note([block["probabilities"] for block in result["blocks"]])
     if note:
         log(note)
-    device = next(supernet.parameters()).device
-    shared_acc = shared_weight_accuracy(supernet, data, result["indices"], device, opts.seed)
     arch = result["arch"]
     score = arch_score(arch, opts.dataset)
     derived = result["derived_cost"]

@@ -308,17 +308,20 @@ def ternary_bytes(model, specs: dict, names: list[str]) -> dict:
 
 def run(input: Path, out: Path, config: TernarizeConfig, train: TrainOptions) -> dict:
     """The file stage: one ternarization, or EC2T's grid (every point, one --point, or --collect)."""
+    from mncli.stages.compression import process_group
+
     config.validate()
     check_writable(out, train, input)
     if not config.grid:
         return _run_one(Ternarization(config), input, Path(out), train)
-    if config.collect:
-        return collect(input, out, config)
-    if config.point is not None:
-        return _run_point(input, out, config, train, config.point)
-    for k in range(len(grid_points(config))):
-        _run_point(input, out, config, train, k)
-    return collect(input, out, config)
+    with process_group(train.device) as ranks:  # one group for every point of the grid
+        if config.collect:
+            return collect(input, out, config) if ranks.is_main else {"rank": ranks.rank}
+        if config.point is not None:
+            return _run_point(input, out, config, train, config.point)
+        for k in range(len(grid_points(config))):
+            _run_point(input, out, config, train, k)
+        return collect(input, out, config) if ranks.is_main else {"rank": ranks.rank}
 
 
 def _run_point(input: Path, out: Path, config: TernarizeConfig, train: TrainOptions, k: int) -> dict:
@@ -329,6 +332,8 @@ def _run_point(input: Path, out: Path, config: TernarizeConfig, train: TrainOpti
 
 def _run_one(method: Ternarization, input: Path, out: Path, train: TrainOptions) -> dict:
     result = run_stage(method, input, out, train)
+    if "output" not in result:  # a rank other than 0 under torchrun
+        return result
     log(
         f"{out}: {result['ternary_layers']} ternary layers ({result['method']}), "
         f"test acc {fmt_pct(result['test_acc_before'])} -> {fmt_pct(result['test_acc'])}, "

@@ -43,10 +43,12 @@ def train_model(model, data, train: TrainOptions, *, specs: dict | None = None, 
     zeros, fp16 layers end rounded to half precision. With `out`, checkpoints go to OUT.ckpt/.
     """
     from mncli.compress.prune.callbacks import keep_pruned
+    from mncli.stages.compression import sync_from_main
 
     specs = specs or {}
     kept = keep_pruned(model, specs)
     result = run_training(model, train, data, out=out, callbacks=[kept] if kept else [], keep_best=keep_best)
+    sync_from_main(model, [kept.masker] if kept is not None else [])  # under torchrun: rank 0's model
     if kept is not None:
         kept.masker.apply()
     _round_fp16_layers(model, specs)
@@ -127,10 +129,10 @@ def _check_input_size(arch: dict, data) -> None:
 
 
 def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOptions) -> dict[str, Any]:
-    """Train `config.arch` from scratch or continue INPUT; save OUT with metrics and score."""
-    from mncli.bundle import save_bundle
-    from mncli.engine.runtime import distributed_env
-    from mncli.stages.compression import input_image_size
+    """Train `config.arch` from scratch or continue INPUT; save OUT with metrics and score. Under
+    torchrun every rank trains and measures its share; rank 0 alone writes OUT and returns the
+    result, the others {"rank": r} (compression.process_group)."""
+    from mncli.stages.compression import process_group
 
     check_writable(out, train, input)
     opts = replace(train, dataset=_dataset(input, config, train.dataset)).validate()
@@ -138,6 +140,14 @@ def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOpt
         raise BadInput(
             "give either an input artifact or --arch NAME", hint="e.g. mncli train --arch lenet5 ..."
         )
+    with process_group(opts.device) as ranks:
+        return _run(input, out, config, opts, ranks)
+
+
+def _run(input: Path | None, out: Path, config: TrainStageConfig, opts: TrainOptions, ranks) -> dict:
+    from mncli.bundle import save_bundle
+    from mncli.stages.compression import input_image_size
+
     bundle = _bundle_from_input(input, config, opts.seed) if input is not None else None
     data = opts.load_data(image_size=input_image_size(bundle.arch, opts.dataset) if bundle else None)
     if bundle is None:
@@ -150,17 +160,14 @@ def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOpt
         check_teacher(Path(opts.teacher), data)
     model = bundle.model
     params = sum(p.numel() for p in model.parameters())
-    rank, _, world = distributed_env()
-    if rank == 0:
-        log(
-            f"training {bundle.arch['name']} ({params:,} parameters) on {data.name}: "
-            f"{len(data.train):,} train / {len(data.val):,} val images, {opts.epochs} epochs"
-        )
+    log(
+        f"training {bundle.arch['name']} ({params:,} parameters) on {data.name}: "
+        f"{len(data.train):,} train / {len(data.val):,} val images, {opts.epochs} epochs"
+    )
     result = train_model(model, data, opts, specs=bundle.specs, out=out, keep_best=config.keep_best)
-    if rank != 0:
-        _leave_group(world)
-        return {"rank": rank}
-    metrics = final_metrics(model, data, result)
+    metrics = final_metrics(model, data, result)  # under torchrun each rank measures its share
+    if not ranks.is_main:
+        return {"rank": ranks.rank}
     model.cpu().eval()
     record = {"train": opts.params(), "arch": bundle.arch["name"], "arch_opts": config.arch_opts,
               "keep_best": config.keep_best, "input": None if input is None else str(input)}  # fmt: skip
@@ -168,7 +175,6 @@ def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOpt
         bundle, out, stage="train", params=record, metrics=metrics, data=data.info, seed=opts.seed
     )
     remove_checkpoints(out)
-    _leave_group(world)
     score = manifest.get("metrics", {}).get("score") or {}
     return {
         "output": str(out),
@@ -186,11 +192,3 @@ def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOpt
         "images_per_s": metrics.get("images_per_s"),
         "runtime": result.runtime,
     }
-
-
-def _leave_group(world: int) -> None:
-    import torch
-
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()

@@ -116,6 +116,11 @@ class TrainOptions:
         "auto", "--precision", help="auto, fp32, bf16 (CPU or GPU autocast) or fp16 (CUDA)."
     )
     device: str | None = _option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+    sync_bn: bool = _option(
+        False, "--sync-bn",
+        help="Under torchrun: BatchNorm statistics over the batches of all processes (SyncBatchNorm); "
+        "a no-op in one process.",
+    )  # fmt: skip
     seed: int | None = _option(0, "--seed", help="Random seed (initialisation, data order).")
     resume: bool = _option(
         False, "--resume",
@@ -316,17 +321,20 @@ def run_training(model, opts: TrainOptions, data, *, out: Path | None = None, ca
 
 
 def final_metrics(model, data, result=None, *, device=None, test: bool = True) -> dict:
-    """Validation and test top-1/top-5/loss of `model`, plus the run's history and runtime."""
+    """Validation and test top-1/top-5/loss of `model`, plus the run's history and runtime. Under
+    torchrun (an initialised group) every rank measures its share and the counts are summed."""
     import torch
 
     from mncli.engine import evaluate
+    from mncli.engine.distributed import group_shard
 
     device = device or next(model.parameters(), torch.empty(0)).device
+    rank, world = group_shard()
     metrics: dict[str, Any] = {}
     splits = [("val", data.val)] + ([("test", data.test)] if test else [])
     for name, split in splits:
         if split is not None and len(split) > 0:
-            scores = evaluate(model, split, device)
+            scores = evaluate(model, split, device, rank=rank, world_size=world)
             metrics.update({f"{name}_acc": scores["top1"], f"{name}_top5": scores["top5"],
                             f"{name}_loss": scores["loss"]})  # fmt: skip
     if result is not None:
