@@ -368,7 +368,8 @@ def test_scale_grid_points(run_cli, tmp_path):
 def test_leave_group_waits_and_destroys_the_group(tmp_path):
     import torch.distributed as dist
 
-    from mncli.stages.compression import leave_group, other_rank
+    from mncli.engine.distributed import leave_group
+    from mncli.stages.compression import other_rank
 
     leave_group()  # no group: nothing to do
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
