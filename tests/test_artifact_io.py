@@ -216,6 +216,10 @@ def broken_inputs(tmp_path) -> dict[str, tuple[Path, str]]:
         "foreign": (foreign, "a safetensors file without an mncli manifest"),
         "torch.save zip": (ckpt, "looks like a pickled PyTorch checkpoint"),
         "raw pickle": (write(tmp_path, "p.safetensors", pickle.dumps({"w": [1.0]})), "pickled PyTorch"),
+        "length 0x280, like a pickle's first bytes": (
+            write(tmp_path, "l.safetensors", (0x280).to_bytes(8, "little") + b'{"a":' + b" " * 634 + b"x"),
+            "not a safetensors file (its header",
+        ),
         "garbage": (write(tmp_path, "g.safetensors", os.urandom(16) + b"x" * 100), "not a safetensors file"),
         "json not an object": (
             write(tmp_path, "j.safetensors", (8).to_bytes(8, "little") + b"[1,2,3] "),

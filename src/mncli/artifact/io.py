@@ -274,8 +274,16 @@ def _one_line(text: str, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def _looks_pickled(head: bytes) -> bool:
+    """Whether the file's first 9 bytes are a torch.save zip or a pickle (protocol 2-5), not the
+    8-byte length of a safetensors header that starts with "{" (a length can begin 0x80 0x02)."""
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[8:9] != b"{"
+
+
 def _not_safetensors(path: Path, head: bytes, reason: str | None = None) -> BadInput:
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if _looks_pickled(head):
         return BadInput(
             f"{path}: not a safetensors file (it looks like a pickled PyTorch checkpoint)", hint=IMPORT_HINT
         )
@@ -352,10 +360,11 @@ def _read_header(f: IO[bytes], path: Path) -> tuple[dict, int, int]:
     """(header JSON, offset where the data starts, file size) of the open file, checked by the
     safetensors library, without reading any tensor data."""
     size = os.fstat(f.fileno()).st_size
-    head = f.read(8)
+    head = f.read(9)  # the length, and the first byte of the header it announces
+    f.seek(8)
     if len(head) < 8:
         raise BadInput(f"{path}: truncated or empty file ({size} bytes)")
-    length = int.from_bytes(head, "little")
+    length = int.from_bytes(head[:8], "little")
     if length > MAX_HEADER or 8 + length > size:
         raise _not_safetensors(path, head)
     raw = f.read(length)
