@@ -16,7 +16,7 @@ from torch import nn
 
 from mncli.artifact import codec
 from mncli.errors import BadInput, MncliError
-from mncli.log import log
+from mncli.log import warn
 
 
 @dataclass
@@ -231,7 +231,7 @@ def save_bundle(
                     model, bundle.specs, bundle.arch, (data or {}).get("dataset")
                 )
             except MncliError as exc:  # a model the counter cannot trace still gets saved
-                log(f"warning: not scored: {exc.message}")
+                warn(f"not scored: {exc.message}")
                 metrics["score"] = {"error": exc.message}
     parents: list[dict] = []
     if bundle.path is not None and bundle.manifest.get("content_sha256"):

@@ -53,11 +53,11 @@ def _handler() -> logging.Handler:
 
 
 def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:
-    """-v: debug messages and tracebacks; -q: no logs and no progress bars."""
+    """-v: debug messages and tracebacks; -q: no logs and no progress bars, only warnings."""
     _state["verbose"] = verbose
     _state["quiet"] = quiet
     _handler()
-    logger.setLevel(logging.WARNING + 10 if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def is_verbose() -> bool:
@@ -72,6 +72,12 @@ def log(message: str) -> None:
     """One informational line on stderr (silenced by -q)."""
     _handler()
     logger.info(message)
+
+
+def warn(message: str) -> None:
+    """One "warning: ..." line on stderr, shown even with -q: something the user must know."""
+    _handler()
+    logger.warning(f"warning: {message}")
 
 
 def debug(message: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from mncli.log import log
+from mncli.log import warn
 
 try:
     import fcntl
@@ -93,7 +93,7 @@ def _take_lock(lock: Path) -> int | None:
         try:
             fd = os.open(lock, flags, 0o666)
         except OSError as exc:
-            log(f"warning: cannot create the lock {lock} ({exc.strerror}); writing without it")
+            warn(f"cannot create the lock {lock} ({exc.strerror}); writing without it")
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -104,7 +104,7 @@ def _take_lock(lock: Path) -> int | None:
                 named = None
         except OSError as exc:
             os.close(fd)
-            log(f"warning: cannot lock {lock} ({exc.strerror}); writing without it")
+            warn(f"cannot lock {lock} ({exc.strerror}); writing without it")
             return None
         except BaseException:
             os.close(fd)

@@ -10,7 +10,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import OUTPUT, Json
-from mncli.log import log
+from mncli.log import log, warn
 from mncli.text import fmt_num, fmt_pct
 
 HELP = "\n\n".join(
@@ -81,9 +81,9 @@ def build_row(path: Path) -> dict:
     measured, why = score_of(path)
     seal = seal_status(manifest)
     if seal["status"] != "ok" and seal["status"] != "not sealed":
-        log(f"warning: {path}: its manifest was edited after it was written (`mncli verify {path}`)")
+        warn(f"{path}: its manifest was edited after it was written (`mncli verify {path}`)")
     if measured is None:
-        log(f"warning: {path}: score not measured ({why}); showing the manifest's numbers")
+        warn(f"{path}: score not measured ({why}); showing the manifest's numbers")
     shown = {k: measured.get(k) for k in MEASURED_KEYS} if measured else recorded
     differ = [k for k in MEASURED_KEYS if measured and _differs(recorded[k], shown[k])]
     source = "measured" if measured else "recorded"

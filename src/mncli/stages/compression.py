@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mncli.errors import MncliError
-from mncli.log import log
+from mncli.log import log, warn
 from mncli.stages.evaluate import dataset_for_input
 from mncli.stages.training import (
     TrainOptions,
@@ -204,7 +204,7 @@ def score_or_none(model, specs: dict, arch: dict, dataset: str) -> dict | None:
     try:
         return score_summary(model, specs, arch, dataset)
     except MncliError as exc:
-        log(f"warning: not scored: {exc.message}")
+        warn(f"not scored: {exc.message}")
         return None
 
 
