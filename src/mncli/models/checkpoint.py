@@ -2,8 +2,12 @@
 
 `read_state_dict` accepts what people actually save: a bare state dict, or one nested under
 "state_dict" / "model" / "model_state_dict" / "net" / "weights" beside epochs and optimiser states,
-with `module.` (DataParallel) or `_orig_mod.` (torch.compile) prefixes. `fit_state_dict` then demands
-exact keys and shapes and reports every difference.
+with `module.` (DataParallel) or `_orig_mod.` (torch.compile) prefixes. It reads the file with
+`load_plain` (torch's weights-only load); when torch refuses it only because the pickle names classes
+or functions (an optimiser's type, a quantizer's enums, a whole pickled model), it reads it again with
+`unpickle.load_restricted`, which stands an inert placeholder in for each of them, and reports their
+names. A pickled whole `nn.Module` gives the tensors its default `state_dict()` would. `fit_state_dict`
+then demands exact keys and shapes and reports every difference.
 """
 
 from __future__ import annotations
@@ -18,13 +22,22 @@ import torch
 from torch import nn
 
 from mncli.errors import BadInput
+from mncli.log import debug
+from mncli.models.unpickle import Placeholder, load_restricted, short_repr
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
 PREFIXES = ("module.", "_orig_mod.")
+_SAVE_HINT = "save the weights alone: torch.save(model.state_dict(), PATH)"
+MAX_MODULE_DEPTH = 100  # submodules nested deeper than any real network: a loop in a hostile pickle
 
 
 # What torch's weights-only unpickler says when a pickle asks for code (a global, a call, an object).
 _CODE_WORDS = re.compile(r"global|reduce|build|newobj|find_class|not an allowed", re.IGNORECASE)
+
+
+class _NamesGlobals(BadInput):
+    """torch refused the file because its pickle names a global beyond the weights-only allowlist
+    (the first one it met: others, even blocked ones, may follow)."""
 
 
 _UNREADABLE = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG}
@@ -48,7 +61,8 @@ def load_plain(path: Path | str, what: str = "checkpoint", hint: str | None = No
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if _CODE_WORDS.search(str(exc)):
-            raise BadInput(
+            refused = _NamesGlobals if "was not an allowed global" in str(exc) else BadInput
+            raise refused(
                 f"{what} {path} holds pickled Python objects or code; it was not loaded, for safety",
                 hint=hint,
             ) from None
@@ -76,25 +90,38 @@ def _reason(exc: BaseException) -> str:
     return text[:100]
 
 
-def _load_object(path: Path) -> object:
+def _load_object(path: Path) -> tuple[object, list[str]]:
+    """The object the file holds and the names of the pickled globals that placeholders stand for."""
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path)), []
         except Exception as exc:  # noqa: BLE001 - the library's own parser decides what is valid
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
             raise BadInput(f"{path} is not a readable safetensors file: {reason}") from None
-    return load_plain(path)
+    try:
+        return load_plain(path), []
+    except _NamesGlobals:
+        return load_restricted(path)
 
 
-def _unwrap(obj: object) -> dict:
+def _unwrap(obj: object, path: Path) -> dict:
     for _ in range(4):
+        if isinstance(obj, Placeholder):
+            state = _module_tensors(obj, path)
+            if state:
+                return state
+            raise BadInput(
+                f"checkpoint {path} holds a pickled {obj.dotted_name} object and no state dict",
+                hint=_SAVE_HINT,
+            )
         if not isinstance(obj, dict):
             break
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        # A nested state dict wins over tensors beside it (ProxylessNAS saves best_acc as a 0-d tensor).
+        nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict | Placeholder)), None)
+        if nested is None and any(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-        nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
         if nested is None:
             break
         obj = nested
@@ -102,6 +129,30 @@ def _unwrap(obj: object) -> dict:
         "no state dict found in the checkpoint",
         hint=f"expected a dict of tensors, possibly under one of {', '.join(NESTED_KEYS)}",
     )
+
+
+def _module_tensors(module: Placeholder, path: Path, prefix: str = "", depth: int = 0) -> dict:
+    """The tensors a pickled `nn.Module`'s default `state_dict()` holds, in its order: its parameters and
+    persistent buffers, then each child's under `name.`; empty when the placeholder is no module."""
+    state = module.state
+    if not isinstance(state, dict) or not all(
+        isinstance(state.get(k), dict) for k in ("_parameters", "_buffers", "_modules")
+    ):
+        return {}
+    if depth > MAX_MODULE_DEPTH:
+        raise BadInput(f"checkpoint {path} nests modules more than {MAX_MODULE_DEPTH} deep", hint=_SAVE_HINT)
+    skipped = state.get("_non_persistent_buffers_set")
+    skipped = skipped if isinstance(skipped, set) else set()
+    buffers = {k: v for k, v in state["_buffers"].items() if k not in skipped}
+    tensors = {
+        f"{prefix}{name}": value.detach()
+        for name, value in [*state["_parameters"].items(), *buffers.items()]
+        if isinstance(value, torch.Tensor)
+    }
+    for name, child in state["_modules"].items():
+        if isinstance(child, Placeholder):
+            tensors.update(_module_tensors(child, path, f"{prefix}{name}.", depth + 1))
+    return tensors
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -119,9 +170,16 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 
 def read_state_dict(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors of a checkpoint file, unwrapped and with wrapper prefixes removed, plus notes."""
+    """The tensors of a checkpoint file, unwrapped and with wrapper prefixes removed, plus notes:
+    `stripped_prefixes`, `dropped_non_tensors` (keys beside the tensors) and `replaced_objects` (the
+    sorted dotted names of the pickled globals placeholders stood in for; empty for a plain file)."""
     path = Path(path)
-    obj = _unwrap(_load_object(path))
+    loaded, replaced = _load_object(path)
+    obj = _unwrap(loaded, path)
+    if replaced and isinstance(loaded, dict):  # what the placeholders stood for, with -v
+        for key, value in list(loaded.items())[:20]:
+            if value is not obj:
+                debug(f"checkpoint entry {key}: {short_repr(value)}")
     dropped = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     for key, tensor in state.items():
@@ -132,7 +190,11 @@ def read_state_dict(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
                 hint="save dense real-valued weights: torch.save(model.state_dict(), PATH)",
             )
     state, stripped = strip_prefixes(state)
-    return state, {"stripped_prefixes": stripped, "dropped_non_tensors": dropped}
+    return state, {
+        "stripped_prefixes": stripped,
+        "dropped_non_tensors": dropped,
+        "replaced_objects": replaced,
+    }
 
 
 def compare_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list]:
