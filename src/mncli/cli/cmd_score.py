@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mncli.cli import output
-from mncli.cli.options import ArchOpt, Json, method_option, train_option
+from mncli.cli.options import ArchName, ArchOpt, Json, method_option, train_option
 from mncli.log import log
 from mncli.stages.score import ScoreConfig, TernaryMults, TernaryStorage
 from mncli.text import fmt_num, fmt_pct
@@ -129,9 +129,7 @@ def register(app: typer.Typer) -> None:
     @app.command("score", help=HELP, no_args_is_help=True)
     def score(
         artifact: Artifact = None,
-        arch: Annotated[
-            str | None, typer.Option("--arch", help="Score an architecture without weights (e.g. wrn-28-10).")
-        ] = None,
+        arch: ArchName = None,
         arch_opt: ArchOpt = None,
         dataset: Dataset = None,
         add_bits: Annotated[

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mncli.cli import output
-from mncli.cli.options import ArchOpt, Json, OutputArtifact, training_options
+from mncli.cli.options import ArchName, ArchOpt, Json, OutputArtifact, training_options
 from mncli.errors import BadInput
 from mncli.stages.training import TrainOptions
 from mncli.text import fmt_pct
@@ -47,9 +47,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         out: OutputArtifact = ...,
-        arch: Annotated[
-            str | None, typer.Option("--arch", "-a", help="Architecture name (see `mncli models`).")
-        ] = None,
+        arch: ArchName = None,
         arch_opt: ArchOpt = None,
         keep_last: Annotated[
             bool,

@@ -49,6 +49,11 @@ Recipe = Annotated[
         "--recipe", rich_help_panel=METHOD, help="YAML or JSON file of per-layer settings with glob patterns."
     ),
 ]
+ARCH_HELP = (
+    "Architecture: a zoo name (see `mncli models`), torchvision:NAME, timm:NAME, "
+    "path/to/file.py:builder or package.module:builder."
+)
+ArchName = Annotated[str | None, typer.Option("--arch", "-a", help=ARCH_HELP, show_default=False)]
 ArchOpt = Annotated[
     list[str] | None, typer.Option("--arch-opt", help="Architecture argument as key=value (repeatable).")
 ]

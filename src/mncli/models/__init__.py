@@ -41,9 +41,14 @@ def _check_arch(arch: Any) -> None:
 
 
 def build_model(arch: dict):
-    """Rebuild a model from its recorded architecture (and the tensor shapes of a channel-pruned one)."""
+    """Rebuild a model from its recorded architecture (and the tensor shapes of a channel-pruned one);
+    for a model of foreign code, a warning when that code changed since (external.check_source)."""
+    from mncli.models.external import check_source, is_reference
+
     _check_arch(arch)
     model = create_model(arch["name"], **arch.get("args", {}))
+    if is_reference(arch["name"]):
+        check_source(arch, model.arch.get("source"))
     if arch.get("shapes"):
         from mncli.models.reshape import resize_to_shapes
 

@@ -56,6 +56,12 @@ class Family:
     resolve: Callable[[dict], dict] | None = None
     hints: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    # Families from outside the zoo (models/external.py): a builder that takes any keyword, where
+    # the code came from (recorded in model.arch["source"]), and whether to check on the meta
+    # device that the model takes the recorded input and gives num_classes outputs.
+    open_args: bool = False
+    source: dict | None = None
+    check_outputs: bool = False
 
     def args_from_name(self, match: re.Match) -> dict:
         if self.name_args is not None:
@@ -123,9 +129,32 @@ def _load_families() -> None:
     import mncli.models as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("registry",):
+        if info.name not in ("registry", "external", "layouts"):
             importlib.import_module(f"mncli.models.{info.name}")
     _loaded = True
+    _load_entry_points()
+
+
+ENTRY_POINT_GROUP = "mncli.models"
+
+
+def _load_entry_points() -> None:
+    """Families that installed packages declare in the `mncli.models` entry-point group: a module
+    (importing it runs its @register_family decorators) or a builder (registered under the entry
+    point's name). A plugin that fails to load is a warning, never the end of the command."""
+    from importlib.metadata import entry_points
+
+    from mncli.log import warn
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = point.load()
+            if not isinstance(loaded, types.ModuleType) and point.name not in _FAMILIES:
+                from mncli.models.external import family_of_entry_point
+
+                register_family(**family_of_entry_point(point.name, loaded))(loaded)
+        except Exception as exc:  # noqa: BLE001 - whatever a plugin raises: it is skipped, and said
+            warn(f"model plugin {point.name} ({point.value}) not loaded: {_first_line(exc)}")
 
 
 def families() -> dict[str, Family]:
@@ -141,13 +170,19 @@ def find_family(name: str) -> tuple[Family, dict]:
     """The family whose pattern matches `name`, and the arguments the name fixes."""
     if not isinstance(name, str):
         raise BadInput(f"architecture name must be a string, got {_show(name)}")
+    from mncli.models.external import family_for, is_reference
+
+    if is_reference(name):
+        return family_for(name), {}
     for family in families().values():
         match = family.pattern.fullmatch(name.strip().lower())
         if match:
             return family, family.args_from_name(match)
     raise BadInput(
         f"unknown architecture {_show(name)}",
-        hint="known: " + ", ".join(known_names()) + " (see `mncli models`)",
+        hint="known: "
+        + ", ".join(known_names())
+        + ", torchvision:NAME, timm:NAME, path/to/file.py:builder (see `mncli models`)",
     )
 
 
@@ -228,7 +263,7 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
     family, from_name = find_family(name)
     args = dict(args or {})
     allowed = set(family.defaults) | set(from_name)
-    unknown = sorted(set(args) - allowed)
+    unknown = [] if family.open_args else sorted(set(args) - allowed)
     if unknown:
         raise BadInput(
             f"{name} has no argument {_show(', '.join(unknown))}",
@@ -245,7 +280,8 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
             )
         resolved[key] = value
     for key in [*from_name, *args]:
-        check_range(name, key, resolved[key])
+        if key in ARG_RANGES or family.source is None:  # a foreign builder's own knobs are its own
+            check_range(name, key, resolved[key])
     if family.resolve is not None:
         try:
             resolved = family.resolve(resolved)
@@ -309,16 +345,50 @@ def create_model(name: str, **args: Any):
     import torch
 
     family, resolved = resolve_args(name, args)
-    builder_args = {k: v for k, v in resolved.items() if k in family.defaults or k in family.hints}
+    builder_args = _builder_args(family, resolved)
     on_meta = torch.get_default_device().type == "meta"
     if not on_meta:  # first its size, on the meta device: no memory is taken for a model too large
         with torch.device("meta"):
-            _count_params(name, _build(family, name, builder_args, args))
+            _check_built(family, name, resolved, _build(family, name, builder_args, args))
     model = _build(family, name, builder_args, args)
     if on_meta:
-        _count_params(name, model)
+        _check_built(family, name, resolved, model)
     model.arch = {"name": name, "args": resolved}
+    if family.source is not None:  # foreign code: its canonical reference, and where it came from
+        model.arch = {"name": family.name, "args": resolved, "source": dict(family.source)}
     return model
+
+
+def _builder_args(family: Family, resolved: dict) -> dict:
+    if family.open_args:
+        return dict(resolved)
+    return {k: v for k, v in resolved.items() if k in family.defaults or k in family.hints}
+
+
+def _check_built(family: Family, name: str, resolved: dict, model) -> None:
+    """Its size (on the meta device), and for foreign builders that it is a model that takes the
+    recorded input and gives num_classes outputs (where a meta forward pass can tell)."""
+    import torch
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
+    _count_params(name, model)
+    if not family.check_outputs:
+        return
+    channels, size, classes = (resolved.get(k) for k in ("in_channels", "input_size", "num_classes"))
+    if not (channels and size and classes):
+        return
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, int(channels), int(size), int(size), device="meta"))
+    except Exception:  # noqa: BLE001 - code a meta forward pass cannot run: no check, not an error
+        return
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] != int(classes):
+        raise BadInput(
+            f"{name} gives {out.shape[1]} outputs, but num_classes is {classes}",
+            hint="let the builder take num_classes, or give --arch-opt num_classes=N",
+        )
 
 
 # What a builder raises for arguments it cannot take (a negative size is torch's RuntimeError).
@@ -326,13 +396,34 @@ _BUILD_ERRORS = (ValueError, TypeError, ZeroDivisionError, RuntimeError, IndexEr
 
 
 def _build(family: Family, name: str, builder_args: dict, given: dict):
+    errors = Exception if family.source is not None else _BUILD_ERRORS  # foreign code raises anything
     try:
-        return family.builder(**builder_args)
+        try:
+            return family.builder(**builder_args)
+        except (NotImplementedError, RuntimeError):
+            if family.source is None or not _on_meta():
+                raise
+            # Foreign code that computes with tensors while building (torchvision's RegNet) cannot
+            # run on the meta device: build on the CPU, then drop the values.
+            with _cpu_default():
+                return family.builder(**builder_args).to("meta")
     except BadInput:
         raise
-    except _BUILD_ERRORS as exc:
+    except errors as exc:
         detail = f" with {_show(given, 120)}" if given else ""
         raise BadInput(f"cannot build {name}{detail}: {_first_line(exc)}") from exc
+
+
+def _on_meta() -> bool:
+    import torch
+
+    return torch.get_default_device().type == "meta"
+
+
+def _cpu_default():
+    import torch
+
+    return torch.device("cpu")
 
 
 def _count_params(name: str, model) -> int:
@@ -352,7 +443,7 @@ def check_args(name: str, args: dict | None = None) -> None:
     import torch
 
     family, resolved = resolve_args(name, args)
-    builder_args = {k: v for k, v in resolved.items() if k in family.defaults or k in family.hints}
+    builder_args = _builder_args(family, resolved)
     with torch.device("meta"):
         try:
             model = _build(family, name, builder_args, args or {})
@@ -363,6 +454,11 @@ def check_args(name: str, args: dict | None = None) -> None:
 
 def input_shape_of(name: str, args: dict) -> tuple[int, int, int]:
     _, resolved = resolve_args(name, args)
+    if resolved.get("in_channels") is None or resolved.get("input_size") is None:
+        raise BadInput(
+            f"{name}: the input's size is not known",
+            hint="give --arch-opt in_channels=C --arch-opt input_size=S (or a --dataset)",
+        )
     return int(resolved["in_channels"]), int(resolved["input_size"]), int(resolved["input_size"])
 
 
