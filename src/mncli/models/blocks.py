@@ -5,6 +5,11 @@ layers by them: residual projections have "shortcut" in their module name, squee
 a module named `se`, the first conv is the stem, the last Linear is the classifier, depthwise convs have
 groups == in_channels. Activations are modules (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish), never
 functional calls, so the scorer's tracer sees them.
+
+Convs pad in one of two ways (`padding`): "symmetric", k // 2 on every side inside the conv (PyTorch's
+way, and the default), or "same", TensorFlow's SAME padding: a `SamePad` module before a conv built
+with padding=0 pads from the input's size at run time so that the output is ceil(input / stride),
+the odd pixel going to the bottom and right (models ported from TensorFlow need it).
 """
 
 from __future__ import annotations
@@ -13,6 +18,17 @@ import math
 
 import torch
 from torch import nn
+
+
+class MulSwish(nn.SiLU):
+    """Swish computed as x * sigmoid(x): a sigmoid, then a multiply, as efficientnet_pytorch and
+    TensorFlow compute it. nn.SiLU's fused kernel rounds differently (by up to an ulp), so only this
+    form reproduces those models bit for bit. A subclass of nn.SiLU, so whatever knows SiLU (the
+    scorer, the channel pruner) takes it for one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -23,18 +39,63 @@ ACTIVATIONS = {
     "hardswish": nn.Hardswish,
     "tanh": nn.Tanh,
 }
+# The same functions computed as another library computes them, for weights ported from it: not
+# choices of their own (the search offers ACTIVATIONS), but what makes the port's logits identical.
+PORTED_ACTIVATIONS = {"swish_mul": MulSwish}
 
 
 def make_act(name: str) -> nn.Module:
     try:
-        return ACTIVATIONS[name.lower()]()
+        return {**ACTIVATIONS, **PORTED_ACTIVATIONS}[name.lower()]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; use one of {', '.join(ACTIVATIONS)}") from None
+        known = ", ".join([*ACTIVATIONS, *PORTED_ACTIVATIONS])
+        raise ValueError(f"unknown activation {name!r}; use one of {known}") from None
 
 
 def check_act(name: str) -> str:
     make_act(name)
     return name.lower()
+
+
+PADDINGS = ("symmetric", "same")
+
+
+def check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding {padding!r}; use one of {', '.join(PADDINGS)}")
+    return padding
+
+
+class SamePad(nn.Module):
+    """TensorFlow's SAME padding for the k x k, stride-s conv that follows (which has padding=0): in
+    all max((ceil(n / s) - 1) * s + k - n, 0) zeros along a side of n pixels, half of them (rounded
+    down) before, the rest after."""
+
+    def __init__(self, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = int(kernel), int(stride)
+
+    def _total(self, size: int) -> int:
+        return max((-(-size // self.stride) - 1) * self.stride + self.kernel - size, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h, pad_w = self._total(x.shape[-2]), self._total(x.shape[-1])
+        if pad_h == 0 and pad_w == 0:
+            return x
+        return nn.functional.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}"
+
+
+def conv_padding(kernel: int, padding: str) -> int:
+    """The padding argument of a k x k nn.Conv2d: k // 2 when symmetric, 0 when a SamePad pads."""
+    return kernel // 2 if check_padding(padding) == "symmetric" else 0
+
+
+def needs_same_pad(kernel: int, padding: str) -> bool:
+    """Whether a k x k conv gets a SamePad in front (a 1x1 conv never needs padding)."""
+    return check_padding(padding) == "same" and kernel > 1
 
 
 def round_filters(channels: float, width_mult: float, divisor: int = 8) -> int:
@@ -70,7 +131,8 @@ def init_weights(model: nn.Module, mode: str = "fan_out") -> None:
 
 
 class ConvBnAct(nn.Sequential):
-    """conv -> BN -> activation, with the children named `conv`, `bn`, `act` (stems and heads)."""
+    """conv -> BN -> activation, with the children named `conv`, `bn`, `act` (stems and heads), and a
+    `pad` (SamePad) before the conv with padding "same"."""
 
     def __init__(
         self,
@@ -81,9 +143,12 @@ class ConvBnAct(nn.Sequential):
         act: str | None = "relu",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: str = "symmetric",
     ):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=False)
+        if needs_same_pad(kernel, padding):
+            self.pad = SamePad(kernel, stride)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=conv_padding(kernel, padding), bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
         if act is not None:
             self.act = make_act(act)
@@ -150,7 +215,8 @@ class MBConvBlock(_ResidualBlock):
     -> optional squeeze-excite `se` -> 1x1 `project`, with a residual add when stride is 1 and
     c_in == c_out. With expand == 1 there is no expand conv (a depthwise-separable block).
 
-    `se_ratio` is relative to the block's input channels (EfficientNet: 0.25 -> c_in // 4)."""
+    `se_ratio` is relative to the block's input channels (EfficientNet: 0.25 -> c_in // 4). With
+    padding "same" a SamePad `dw_pad` pads before the depthwise conv."""
 
     def __init__(
         self,
@@ -164,6 +230,7 @@ class MBConvBlock(_ResidualBlock):
         drop_path: float = 0.0,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: str = "symmetric",
     ):
         super().__init__()
         self._residual_setup("MBConv", c_in, c_out, kernel, stride, drop_path)
@@ -174,7 +241,11 @@ class MBConvBlock(_ResidualBlock):
             self.expand_act = make_act(act)
         else:
             hidden = c_in
-        self.dw = nn.Conv2d(hidden, hidden, kernel, stride, padding=kernel // 2, groups=hidden, bias=False)
+        if needs_same_pad(kernel, padding):
+            self.dw_pad = SamePad(kernel, stride)
+        self.dw = nn.Conv2d(
+            hidden, hidden, kernel, stride, padding=conv_padding(kernel, padding), groups=hidden, bias=False
+        )
         self.dw_bn = nn.BatchNorm2d(hidden, eps=bn_eps, momentum=bn_momentum)
         self.dw_act = make_act(act)
         if se_ratio and se_ratio > 0:
@@ -186,6 +257,8 @@ class MBConvBlock(_ResidualBlock):
         out = x
         if hasattr(self, "expand"):
             out = self.expand_act(self.expand_bn(self.expand(out)))
+        if hasattr(self, "dw_pad"):
+            out = self.dw_pad(out)
         out = self.dw_act(self.dw_bn(self.dw(out)))
         if hasattr(self, "se"):
             out = self.se(out)
@@ -197,7 +270,8 @@ class FusedMBConvBlock(_ResidualBlock):
     fused into one dense k x k `expand` conv -> optional `se` -> 1x1 `project`, residual as in
     MBConvBlock. With expand == 1 the block is the dense k x k conv alone (`expand`, with its
     activation, no project). At a few dozen channels a dense conv costs about what the MBConv's 1x1
-    convs cost and mixes channels and space in one step, so early, narrow stages can afford it."""
+    convs cost and mixes channels and space in one step, so early, narrow stages can afford it. With
+    padding "same" a SamePad `expand_pad` pads before the k x k conv."""
 
     def __init__(
         self,
@@ -211,11 +285,16 @@ class FusedMBConvBlock(_ResidualBlock):
         drop_path: float = 0.0,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: str = "symmetric",
     ):
         super().__init__()
         self._residual_setup("Fused-MBConv", c_in, c_out, kernel, stride, drop_path)
         hidden = c_out if expand == 1 else int(round(c_in * expand))
-        self.expand = nn.Conv2d(c_in, hidden, kernel, stride, padding=kernel // 2, bias=False)
+        if needs_same_pad(kernel, padding):
+            self.expand_pad = SamePad(kernel, stride)
+        self.expand = nn.Conv2d(
+            c_in, hidden, kernel, stride, padding=conv_padding(kernel, padding), bias=False
+        )
         self.expand_bn = nn.BatchNorm2d(hidden, eps=bn_eps, momentum=bn_momentum)
         self.expand_act = make_act(act)
         if se_ratio and se_ratio > 0:
@@ -225,7 +304,10 @@ class FusedMBConvBlock(_ResidualBlock):
             self.project_bn = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand_act(self.expand_bn(self.expand(x)))
+        out = x
+        if hasattr(self, "expand_pad"):
+            out = self.expand_pad(out)
+        out = self.expand_act(self.expand_bn(self.expand(out)))
         if hasattr(self, "se"):
             out = self.se(out)
         if hasattr(self, "project"):

@@ -4,6 +4,11 @@ B0's blocks, swish everywhere, squeeze-excite at 0.25 of each block's input chan
 1280 (both scaled by round_filters), repeats by round_repeats; each variant's (width, depth, resolution,
 dropout) from the paper's table; drop connect 0.2 rising linearly over the blocks; BN momentum 0.01 and
 eps 1e-3 as in the TensorFlow reference. B0 at 1000 classes has 5,288,548 parameters.
+
+What ported weights need is an argument: `bn_eps` and `bn_momentum` (torchvision's B0-B4 use
+PyTorch's 1e-5 and 0.1), `padding="same"` (TensorFlow's SAME padding, which efficientnet_pytorch
+reproduces) and `act="swish_mul"` (swish as x * sigmoid(x), efficientnet_pytorch's rounding).
+`variant_of` names the variant that has given stem, block and head sizes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import math
 
 from torch import nn
 
-from mncli.models.blocks import check_act, round_filters
+from mncli.errors import BadInput
+from mncli.models.blocks import check_act, check_padding, round_filters, round_repeats
 from mncli.models.mbconv import MBConvNet, parse_block, scale_blocks
 from mncli.models.registry import register_family
 
@@ -37,6 +43,36 @@ VARIANTS = {
     6: (1.8, 2.6, 528, 0.5),
     7: (2.0, 3.1, 600, 0.5),
 }
+
+
+def _sizes(variant: int) -> tuple[int, int, int]:
+    """(stem channels, number of blocks, head channels) of a variant."""
+    width, depth, _, _ = VARIANTS[variant]
+    blocks = sum(round_repeats(parse_block(b)["repeats"], depth) for b in B0_BLOCKS)
+    return round_filters(32, width), blocks, round_filters(1280, width)
+
+
+def variant_of(stem_channels: int, num_blocks: int, head_channels: int) -> int | None:
+    """The variant (0..7) with these sizes, None when no variant has them."""
+    wanted = (stem_channels, num_blocks, head_channels)
+    return next((variant for variant in VARIANTS if _sizes(variant) == wanted), None)
+
+
+def variant_from_sizes(source: str, stem_channels: int, num_blocks: int, head_channels: int) -> int:
+    """The variant with these sizes; BadInput naming `source` (a checkpoint's layout) when none has them."""
+    variant = variant_of(stem_channels, num_blocks, head_channels)
+    if variant is None:
+        raise BadInput(
+            f"{source} checkpoint has stem {stem_channels}, {num_blocks} blocks and head {head_channels}: "
+            "no EfficientNet-B0..B7 has these sizes",
+            hint=f"stem/blocks/head of each variant: {variant_sizes()}",
+        )
+    return variant
+
+
+def variant_sizes() -> str:
+    """Every variant's sizes, for messages: "b0 32/16/1280, b1 32/23/1280, ..."."""
+    return ", ".join(f"b{v} " + "/".join(str(n) for n in _sizes(v)) for v in VARIANTS)
 
 
 def _resolve(args: dict) -> dict:
@@ -89,6 +125,9 @@ def efficientnet(
     drop_path: float = 0.2,
     stem_stride: int = 2,
     act: str = "swish",
+    bn_eps: float = 1e-3,
+    bn_momentum: float = 0.01,
+    padding: str = "symmetric",
 ) -> nn.Module:
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
@@ -103,8 +142,9 @@ def efficientnet(
         act=check_act(act),
         dropout=dropout,
         drop_path=drop_path,
-        bn_eps=1e-3,
-        bn_momentum=0.01,
+        bn_eps=bn_eps,
+        bn_momentum=bn_momentum,
+        padding=check_padding(padding),
     )
     _init(model)
     return model

@@ -116,7 +116,8 @@ def scale_blocks(blocks: list[dict], width_mult: float, depth_mult: float) -> li
 
 class MBConvNet(nn.Module):
     """`stem` (conv-BN-act) -> `blocks.N` (MBConvBlock, flat) -> `head` (1x1 conv-BN-act, optional) ->
-    pool -> dropout -> `classifier`. Channel numbers here are final (already scaled)."""
+    pool -> dropout -> `classifier`. Channel numbers here are final (already scaled); `padding`
+    ("symmetric" or "same", see blocks.py) is every conv's."""
 
     def __init__(
         self,
@@ -132,10 +133,11 @@ class MBConvNet(nn.Module):
         drop_path: float = 0.0,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: str = "symmetric",
     ):
         super().__init__()
         bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
-        self.stem = ConvBnAct(in_channels, stem_channels, 3, stem_stride, act, **bn)
+        self.stem = ConvBnAct(in_channels, stem_channels, 3, stem_stride, act, **bn, padding=padding)
         layers = []
         c_in = stem_channels
         total = sum(b["repeats"] for b in blocks if b["type"] != "zero")
@@ -154,6 +156,7 @@ class MBConvNet(nn.Module):
                         act,
                         drop_path=drop_path * len(layers) / max(total, 1),
                         **bn,
+                        padding=padding,
                     )
                 )
                 c_in = block["channels"]

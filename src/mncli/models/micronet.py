@@ -4,12 +4,15 @@ Stem conv3x3-BN-ReLU, then 3 stages of BasicBlocks (BN, conv3x3, BN, ReLU, dropo
 identity shortcut, or a 1x1 conv + BN `shortcut` where the shape changes), ReLU, global pool, `linear`.
 Widths 16/32/64 and 7 blocks per stage at depth_mult = width_mult = 1; the multipliers use EfficientNet
 rounding, so d = 1.4^3.5, w = 1.2^3.5 gives EC2T's winner: 23 blocks per stage, widths 32/64/120.
-Key names follow EC2T's code (`layerX.Y.bn1/conv1/bn2/conv2/bn3`, `shortcut.0/1`).
+Key names follow EC2T's code (`layerX.Y.bn1/conv1/bn2/conv2/bn3`, `shortcut.0/1`). `pool="window"` pools
+as EC2T's code does (`F.avg_pool2d` with the map's width as its window), whose float sums round differently
+from AdaptiveAvgPool2d's: what an imported EC2T checkpoint needs for identical logits.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mncli.models.blocks import round_filters, round_repeats
@@ -41,8 +44,26 @@ class PreActBlock(nn.Module):
         return out + self.shortcut(x)
 
 
+class WindowAvgPool(nn.Module):
+    """Average over a square window as wide as the map (EC2T's `F.avg_pool2d(out, out.size()[3])`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, x.shape[-1])
+
+
+POOLS = {"adaptive": lambda: nn.AdaptiveAvgPool2d(1), "window": WindowAvgPool}
+
+
 class MicroNetCifar(nn.Module):
-    def __init__(self, widths: list[int], blocks: int, num_classes: int, in_channels: int, dropout: float):
+    def __init__(
+        self,
+        widths: list[int],
+        blocks: int,
+        num_classes: int,
+        in_channels: int,
+        dropout: float,
+        pool: str,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -56,7 +77,7 @@ class MicroNetCifar(nn.Module):
                 c_in = c_out
             setattr(self, f"layer{stage}", nn.Sequential(*layers))
         self.relu2 = nn.ReLU(inplace=True)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = POOLS[pool]()
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(c_in, num_classes)
         for module in self.modules():
@@ -92,9 +113,12 @@ def micronet_cifar(
     depth_mult: float = 1.0,
     width_mult: float = 1.0,
     dropout: float = 0.2,
+    pool: str = "adaptive",
 ) -> nn.Module:
     if depth_mult <= 0 or width_mult <= 0:
         raise ValueError("depth_mult and width_mult must be positive")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     return MicroNetCifar(
-        micronet_widths(width_mult), micronet_blocks(depth_mult), num_classes, in_channels, dropout
+        micronet_widths(width_mult), micronet_blocks(depth_mult), num_classes, in_channels, dropout, pool
     )
