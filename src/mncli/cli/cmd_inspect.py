@@ -1,28 +1,35 @@
-"""`mncli inspect`: what an artifact holds, layer by layer, measured from its decoded tensors."""
+"""`mncli inspect`: what an artifact holds, layer by layer, measured from its decoded tensors; or what a
+foreign checkpoint holds, key by key, and the published layouts its keys match."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from mncli.cli import output
-from mncli.cli.options import InputArtifact, Json
+from mncli.cli.options import ArchName, ArchOpt, Json
 from mncli.log import log
 from mncli.text import fmt_num, fmt_pct
 
 HELP = "\n\n".join(
     [
         "Show what an artifact holds: architecture, lineage, metrics and a per-layer table.",
+        "Given a PyTorch checkpoint instead (.pt/.pth/..., or a .safetensors file mncli did not write): "
+        "its keys, shapes and dtypes, the published layouts the keys match and the architecture each "
+        "converts to; with --arch, the keys that are missing, unexpected or of another shape for it. "
+        "Nothing the file names is run.",
         "Per layer: shape, storage format, sparsity (measured from the decoded weights), weight and "
         "activation bits, and bytes on disk. An architecture-only artifact shows its architecture and "
         "the layer shapes the model zoo builds from it.",
         "Examples:",
         "  mncli inspect pruned.safetensors",
         "  mncli inspect q.safetensors --json | jq '.layers[] | {name, sparsity}'",
+        "  mncli inspect efficientnet_b1.pth",
+        "  mncli inspect resnet20.th --arch resnet20",
     ]
 )
 
@@ -176,8 +183,72 @@ def render(info: dict):
     return Group(summary, layers, foot) if not info["architecture_only"] else Group(summary, layers)
 
 
+def render_checkpoint(info: dict):
+    from rich.console import Group
+    from rich.table import Table
+
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("checkpoint", f"{info['path']} ({fmt_num(info['file_bytes'])} bytes)")
+    summary.add_row("tensors", f"{info['tensors']} ({fmt_num(info['values'])} values)")
+    for key, label in (("stripped_prefixes", "stripped"), ("replaced_objects", "not loaded")):
+        if info.get(key):
+            summary.add_row(label, ", ".join(info[key]))
+    if not info["layouts"]:
+        summary.add_row("layout", "no known layout: the keys must fit --arch as they are")
+    for match in info["layouts"]:
+        target = match.get("arch")
+        detail = f"{target} {_compact(match.get('args', {}))}" if target else match.get("cannot_convert", "")
+        summary.add_row("layout", f"{match['layout']} -> {detail}")
+    parts: list = [summary]
+    fit = info.get("fit")
+    if fit is not None:
+        missing, unexpected, other = (len(fit[k]) for k in ("missing", "unexpected", "mismatched"))
+        counts = f"{missing} missing, {unexpected} unexpected, {other} of another shape"
+        summary.add_row("fit", f"{fit['arch']['name']}: {counts}")
+    keys = Table(title="keys")
+    for col in ("key", "shape", "dtype"):
+        keys.add_column(col)
+    for row in info["keys"]:
+        keys.add_row(row["key"], "x".join(map(str, row["shape"])) or "scalar", row["dtype"])
+    parts.append(keys)
+    if fit is not None and any(fit[k] for k in ("missing", "unexpected", "mismatched")):
+        diff = Table(title=f"against {fit['arch']['name']}")
+        diff.add_column("key")
+        diff.add_column("problem")
+        for key in fit["missing"]:
+            diff.add_row(key, "missing from the checkpoint")
+        for key in fit["unexpected"]:
+            diff.add_row(key, "not in the model")
+        for item in fit["mismatched"]:
+            diff.add_row(item["key"], f"checkpoint {item['checkpoint']}, model {item['model']}")
+        parts.append(diff)
+    return Group(*parts)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("inspect", help=HELP)
-    def inspect(artifact: InputArtifact, as_json: Json = False) -> None:
+    def inspect(
+        artifact: Annotated[
+            Path,
+            typer.Argument(
+                metavar="INPUT", help="Artifact (.safetensors) or PyTorch checkpoint.", show_default=False
+            ),
+        ],
+        arch: ArchName = None,
+        arch_opt: ArchOpt = None,
+        as_json: Json = False,
+    ) -> None:
+        from mncli.errors import BadInput
+        from mncli.models import parse_arch_opts
+        from mncli.stages.import_checkpoint import describe_checkpoint, is_checkpoint
+
+        if artifact.is_file() and is_checkpoint(artifact):
+            info = describe_checkpoint(artifact, arch, parse_arch_opts(arch_opt))
+            output.emit(info, as_json=as_json, table=render_checkpoint(info))
+            return
+        if arch or arch_opt:
+            raise BadInput("--arch is for inspecting a checkpoint, not an mncli artifact", hint="drop --arch")
         info = describe(artifact)
         output.emit(info, as_json=as_json, table=render(info))
