@@ -200,8 +200,10 @@ def test_naming_conventions(name):
             assert conv.groups == conv.in_channels == conv.out_channels
         if ".se." in f".{conv_name}.":
             assert conv_name.rsplit(".", 2)[-2] == "se"
-    if not any(isinstance(m, SqueezeExcite) or hasattr(m, "project") for m in model.modules()):
-        # Residual families: every 1x1 conv is a residual projection.
+    inverted = any(isinstance(m, SqueezeExcite) or hasattr(m, "project") for m in model.modules())
+    if not inverted and not any(conv.groups > 1 for _, conv in convs):
+        # Residual families (no depthwise convs, whose 1x1 neighbours are pointwise convs): every
+        # 1x1 conv is a residual projection.
         for conv_name, conv in convs:
             if conv.kernel_size == (1, 1):
                 assert "shortcut" in conv_name

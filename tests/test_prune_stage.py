@@ -183,7 +183,8 @@ def test_method_defaults_fill_only_what_is_not_given():
     agp = Pruning(PruneConfig(sparsity=0.5)).options(unset)
     assert (agp.epochs, agp.optimizer, agp.lr, agp.weight_decay) == (40, "sgd", 0.01, 1e-4)
     rl1 = Pruning(PruneConfig(method=PruneMethod.REWEIGHTED_L1, sparsity=0.5)).options(unset)
-    assert (rl1.epochs, rl1.optimizer, rl1.lr) == (40, "adam", 1e-3)
+    assert (rl1.epochs, rl1.optimizer, rl1.lr, rl1.weight_decay) == (300, "adam", 1e-3, 0.0)  # the seed's
+    assert (rl1.schedule, rl1.batch_size) == ("cosine", 128)  # given in `unset`: kept
     slim = Pruning(PruneConfig(structured=True, channel_ratio=0.5)).options(unset)
     assert (slim.epochs, slim.optimizer, slim.lr) == (20, "sgd", 0.01)
     given = Pruning(PruneConfig(method="magnitude", sparsity=0.5)).options(

@@ -132,6 +132,8 @@ def test_a_grid_point_checkpoints_beside_its_point_file(arch, tmp_path, run_cli,
     assert result["output"] == str(tmp_path / "c.point1.safetensors")
     assert (tmp_path / "c.point1.ckpt").is_dir() and not (tmp_path / "c.ckpt").exists()
     monkeypatch.undo()
+    for name in ("c.point1.safetensors", "c.point1.manifest.json"):  # as if stopped before writing them
+        (tmp_path / name).unlink()
     run = run_cli(*args, "--resume", "-o", out, "--json")
     assert run.code == 0  # continues from that checkpoint
     assert "no checkpoint" not in run.err

@@ -8,7 +8,7 @@ import typer
 
 from mncli.cli import output
 from mncli.cli.options import Json, OutputArtifact, method_option, training_options
-from mncli.stages.search import TRAIN_DEFAULTS, Activation, BinaryMode, Cost, CostLoss
+from mncli.stages.search import TRAIN_DEFAULTS, Activation, BinaryMode, Cost, CostLoss, SpaceName
 from mncli.stages.training import TrainOptions
 from mncli.text import parse_list
 
@@ -37,6 +37,7 @@ HELP = "\n\n".join(
         "  mncli search -d cifar100 --target-params 1e6 --ops k3_e3,k5_e6,zero -o arch.safetensors",
         "  mncli search -d fashion-mnist --widths 16,32,64 --repeats 2,3,2 --strides 2,2,2 "
         "-o arch.safetensors",
+        "  mncli search -d cifar100 --space mit-cifar100 --target-params 5.77e6 -o arch.safetensors",
     ]
 )
 
@@ -85,6 +86,16 @@ def register(app: typer.Typer) -> None:
                 "[0.8, 1] x target.",
             ),
         ] = False,
+        space: Annotated[
+            SpaceName | None,
+            method_option(
+                "--space",
+                metavar="SPACE",
+                help="A named layout instead of the dataset's: mit-cifar100 (ProxylessNAS's mobile "
+                "super-network at width 1.4 on a CIFAR stem, 1.9M-7.5M parameters: room for the MIT "
+                "seed's 5.77M network), e.g. --space mit-cifar100. --widths, --repeats, ... override it.",
+            ),
+        ] = None,
         widths: Annotated[
             str | None, method_option("--widths", help="Output channels per stage, e.g. 16,32,48,64.")
         ] = None,
@@ -159,6 +170,7 @@ def register(app: typer.Typer) -> None:
         from mncli.stages.search import SearchConfig, run
 
         config = SearchConfig(
+            space=space,
             widths=parse_list(widths, int, "--widths", "16,32,48,64"),
             repeats=parse_list(repeats, int, "--repeats", "2,3,3,2"),
             strides=parse_list(strides, int, "--strides", "2,2,2,1"),

@@ -94,11 +94,21 @@ def register(app: typer.Typer) -> None:
         ] = None,
         ini_c: Annotated[
             str | None,
-            method_option("--ini-c", help="EC2T: centroid init c*max|w| (0.45; comma list with --grid)."),
+            method_option(
+                "--ini-c",
+                "--ini-c-divrs",
+                help="EC2T: centroids start at c*max(w) and c*|min(w)| (0.45; comma list with --grid; "
+                "--ini-c-divrs is EC2T's name), e.g. --ini-c 0.45.",
+            ),
         ] = None,
         lambda_div: Annotated[
             str | None,
-            method_option("--lambda-div", help="EC2T: constraint strength (0.15; comma list with --grid)."),
+            method_option(
+                "--lambda-div",
+                "--lambda-max-divrs",
+                help="EC2T: constraint strength, the multiplier of each layer's lambda_max (0.15; comma "
+                "list with --grid; --lambda-max-divrs is EC2T's name), e.g. --lambda-div 0.15.",
+            ),
         ] = None,
         grid: Annotated[
             bool,

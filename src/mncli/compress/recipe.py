@@ -10,6 +10,18 @@ A recipe is YAML or JSON mapping glob patterns over module names to settings:
 A top-level mapping of patterns (without `layers:`) is accepted too. Later patterns override
 earlier ones for a layer both match. A pattern that matches no layer is an error: it is almost
 always a typo, and silently compressing nothing is the worst outcome.
+
+A layer may also be named by its index, as the reweighted-L1 seed's README lists per-layer bits
+(`QBNs[3]=6bits`, `QBNs[Layers-3]=6bits`): `[3]`, `[-3]` or `[Layers-3]`, optionally written with the
+seed's `QBNs` in front. The index counts the conv and linear layers in the order the model registers
+its modules (`compute_layers`); negative indices and `Layers-k` count from the end (`Layers` is their
+number). For the seed's own network (`mobilenetv2-rl1`) that order is the seed's: its quantizer
+counted the state dict's weights of two or more dimensions, the same layers in the same order.
+
+    layers:
+      QBNs[3]: {weight_bits: 6}           # the fourth conv/linear layer
+      "[-1]": {weight_bits: 8}            # the last one (quote it: a bare [ starts a YAML list)
+      QBNs[Layers-3]: {weight_bits: 6}
 """
 
 from __future__ import annotations
@@ -17,12 +29,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
 
 from mncli.errors import BadInput
+from mncli.log import debug
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything larger is the wrong file
 
@@ -199,8 +213,32 @@ def layer_roles(model: nn.Module) -> dict[str, str]:
     return roles
 
 
+# `[3]`, `[-3]`, `[Layers-3]`, each optionally after the seed's `QBNs`
+_INDEX = re.compile(r"(?:qbns)?\[\s*(?:(?P<index>[+-]?\d+)|layers\s*-\s*(?P<back>\d+))\s*\]", re.IGNORECASE)
+
+
+def layer_index(pattern: str) -> int | None:
+    """The index a pattern names (`[3]` -> 3, `[Layers-3]` and `[-3]` -> -3), None for a glob."""
+    found = _INDEX.fullmatch(pattern.strip())
+    if found is None:
+        return None
+    return int(found["index"]) if found["index"] is not None else -int(found["back"])
+
+
 def match(names: Iterable[str], pattern: str) -> list[str]:
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    """The layers a glob pattern matches, or the one layer an index pattern names (BadInput when the
+    index is outside the layers)."""
+    names = list(names)
+    index = layer_index(pattern)
+    if index is None:
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if not -len(names) <= index < len(names):
+        raise BadInput(
+            f"layer index {pattern!r} is outside the model's {len(names)} conv/linear layers",
+            hint=f"indices run from 0 to {len(names) - 1} (or -{len(names)} to -1, Layers-k from the end)",
+        )
+    debug(f"layer {pattern} is {names[index]}")
+    return [names[index]]
 
 
 def select_layers(
@@ -261,4 +299,4 @@ def resolve_recipe(model: nn.Module, recipe: dict[str, dict], candidates: Iterab
 
 def _layer_hint(names: list[str]) -> str:
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    return f"layers are: {shown} (see `mncli inspect`)"
+    return f"layers are: {shown} (see `mncli inspect`), or [i] by index"

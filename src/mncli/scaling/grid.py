@@ -1,5 +1,6 @@
 """Pieces of a compound-scaling grid: the scaled architecture and cost of each point, budgets, point
-files, the identity a point file shares with its siblings, and the choice among trained points."""
+files (a trained point's holds its weights), the identity a point file shares with its siblings, and
+the choice among trained points."""
 
 from __future__ import annotations
 
@@ -54,9 +55,25 @@ def choose(points: list[dict]) -> dict | None:
     return min(trained, key=lambda p: (-p["val_acc"], p["score"]["score"], p["point"]))
 
 
-def present_points(out: Path, source_arch: dict, wanted, input_name: str) -> tuple[list[dict], dict]:
+def trained_point(path: Path, gid: str) -> tuple[Path, dict] | None:
+    """(path, manifest) when `path` is a point file of grid `gid` holding its trained weights, else None."""
+    from mncli.artifact import read_manifest
+    from mncli.artifact.io import read_header
+
+    if not path.is_file():
+        return None
+    manifest = read_manifest(path)
+    record = manifest.get("scale_point")
+    if not isinstance(record, dict) or record.get("grid_id") != gid or record.get("status") != "trained":
+        return None
+    header = read_header(path)[0]
+    return (path, manifest) if any(key != "__metadata__" for key in header) else None
+
+
+def present_points(out: Path, source_arch: dict, wanted, point_command: str) -> tuple[list[dict], dict]:
     """The point files beside `out` that belong to one grid of this architecture. `wanted()` names
-    the grid id the caller's options give (None when they do not say) to pick among several grids."""
+    the grid id the caller's options give (None when they do not say) to pick among several grids;
+    `point_command` is how a point of this source is run (for the hint when there is none)."""
     from mncli.artifact import read_manifest
     from mncli.errors import BadInput
 
@@ -69,7 +86,7 @@ def present_points(out: Path, source_arch: dict, wanted, input_name: str) -> tup
     if not found:
         raise BadInput(
             f"no point files of this architecture beside {out} ({name}.pointK.safetensors)",
-            hint=f"run the points first: mncli scale {input_name} --point K -d DATASET --phi P -o {out}",
+            hint=f"run the points first: {point_command} --point K -d DATASET --phi P -o {out}",
         )
     if len(found) > 1:
         key = wanted()

@@ -4,6 +4,9 @@ A candidate is `kK_eE` (an MBConv block with a K x K depthwise kernel and expans
 Fused-MBConv: one dense K x K conv instead of the 1x1 expand and the depthwise conv; `fu_k3_e1` is a
 plain 3x3 conv) or `zero` (the block is skipped: it becomes its identity shortcut, allowed only where
 stride is 1 and c_in == c_out).
+
+The layout (stem, widths, depths, strides, head) is the dataset's default (`default_space`) or a named
+space (`NAMED_SPACES`, `--space NAME`); options given on their own override either.
 """
 
 from __future__ import annotations
@@ -132,6 +135,34 @@ def _block_channels(block: str) -> int:
     if not match:
         raise BadInput(f"block string {block!r} has no output channels (_cN)")
     return int(match.group(1))
+
+
+# Named layouts. "mit-cifar100": ProxylessNAS's mobile super-network (mit-han-lab/proxylessnas,
+# search/imagenet_arch_search.py: widths 24,40,80,96,192,320, blocks 4,4,4,4,4,1, strides 2,2,2,1,2,1,
+# stem 32, first block 3x3 MBConv1 to 16, head 1280) at its width multiplier 1.4 (make_divisible by
+# 8: 32,56,112,136,272,448, stem 48, first block 24, head 1280 x 1.4), on a CIFAR stem: the stem and
+# the first stage at stride 1, so 32 px ends at 4 x 4 as in MobileNetV2-CIFAR. The MIT seed's CIFAR-100
+# network (5.77M parameters; a tree-cell search that was never released) fits inside: the networks
+# derivable here have 1.9M to 7.5M parameters at 100 classes.
+NAMED_SPACES: dict[str, dict] = {
+    "mit-cifar100": {
+        "stem_channels": 48,
+        "stem_stride": 1,
+        "first_block": "ir_r1_k3_s1_e1_c24",
+        "widths": [32, 56, 112, 136, 272, 448],
+        "repeats": [4, 4, 4, 4, 4, 1],
+        "strides": [1, 2, 2, 1, 2, 1],
+        "head_channels": 1792,
+    },
+}
+
+
+def named_space(name: str) -> dict:
+    """The layout of a named space (a copy); BadInput naming the known ones for any other name."""
+    layout = NAMED_SPACES.get(str(name).strip().lower())
+    if layout is None:
+        raise BadInput(f"unknown search space {name!r}", hint=f"known spaces: {', '.join(NAMED_SPACES)}")
+    return {k: list(v) if isinstance(v, list) else v for k, v in layout.items()}
 
 
 def default_space(in_channels: int, input_size: int, num_classes: int) -> dict:

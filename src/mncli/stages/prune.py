@@ -16,7 +16,7 @@ from pathlib import Path
 from mncli.errors import BadInput
 from mncli.log import log
 from mncli.stages.compression import Run, run_stage
-from mncli.stages.training import TrainOptions, as_record
+from mncli.stages.training import EXP_GAMMA, TrainOptions, as_record
 from mncli.text import parse_choice
 
 
@@ -36,13 +36,20 @@ class Criterion(StrEnum):
     ZERO = "zero"
 
 
-# Epochs when --epochs is not given: Distiller's MicroNet AGP run (20 pruning + 20 fine-tuning).
-DEFAULT_EPOCHS = {"agp": 40, "magnitude": 20, "reweighted-l1": 40, "structured": 20}
-# Optimiser defaults: the reweighted-L1 seed trained with Adam at 1e-3; the others fine-tune with SGD.
-_OPTIMIZER = {"reweighted-l1": ("adam", 1e-3)}
-_FINE_TUNE = ("sgd", 0.01)
+# Epochs when --epochs is not given: Distiller's MicroNet AGP run (20 pruning + 20 fine-tuning); the
+# reweighted-L1 seed's 300 regularised epochs (its masked retraining, --retrain-epochs, is as long).
+DEFAULT_EPOCHS = {"agp": 40, "magnitude": 20, "reweighted-l1": 300, "structured": 20}
 WEIGHT_DECAY = 1e-4
+# Training defaults: the others fine-tune with SGD; reweighted L1 trains as its seed did (LinLabNEU's
+# "Reweighted pruning", training/run.sh and main.py): Adam 1e-3 without weight decay, batch 64, and
+# the LR x0.98 every epoch (x1.6 at each reweighting: RL1_LR_BOOST).
+_FINE_TUNE = {"optimizer": "sgd", "lr": 0.01, "weight_decay": WEIGHT_DECAY}
+_TRAINING = {
+    "reweighted-l1": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
+                      "schedule": "exp", "exp_gamma": EXP_GAMMA},
+}  # fmt: skip
 RL1_LAMBDA, RL1_EPS = 1e-6, 1e-3  # the reweighted-L1 seed's penalty weight and 1/(|W|+eps)
+RL1_LR_BOOST = 1.6  # the seed's LR factor at each reweighting (epochs 60/120/180/240 of 300)
 
 
 @dataclass
@@ -66,7 +73,7 @@ class PruneConfig:
     rl1_lambda: float | None = None  # reweighted-l1 only; None: RL1_LAMBDA
     rl1_eps: float | None = None  # reweighted-l1 only; None: RL1_EPS
     reweight_at: list[int] | None = None
-    lr_boost: float | None = None  # reweighted-l1 only; None: 1.0
+    lr_boost: float | None = None  # reweighted-l1 only; None: RL1_LR_BOOST
     retrain_epochs: int | None = None
 
     @property
@@ -163,11 +170,10 @@ class Pruning:
 
     # --- CompressionMethod
     def options(self, train: TrainOptions) -> TrainOptions:
-        """The method's epochs, optimiser, lr and weight decay where `train` leaves them None."""
-        optimizer, lr = _OPTIMIZER.get(self.config.mode, _FINE_TUNE)
-        return train.resolved(
-            epochs=DEFAULT_EPOCHS[self.config.mode], optimizer=optimizer, lr=lr, weight_decay=WEIGHT_DECAY
-        )
+        """The method's epochs, optimiser, lr, weight decay (and for reweighted L1 batch size and
+        schedule) where `train` leaves them None."""
+        mode = self.config.mode
+        return train.resolved(epochs=DEFAULT_EPOCHS[mode], **_TRAINING.get(mode, _FINE_TUNE))
 
     def check(self, model, specs: dict, arch: dict, options: TrainOptions) -> None:
         """Layers, targets, the input's formats and the AGP schedule (epochs unit), before any data."""
@@ -302,18 +308,20 @@ class Pruning:
         else:
             retrain = cfg.retrain_epochs if cfg.retrain_epochs is not None else epochs
             milestones = cfg.reweight_at if cfg.reweight_at is not None else default_milestones(epochs)
+            lr_boost = RL1_LR_BOOST if cfg.lr_boost is None else cfg.lr_boost
             info.update(
                 run_reweighted_l1(
                     model, masker, targets, run.train, epochs, retrain,
                     lam=RL1_LAMBDA if cfg.rl1_lambda is None else cfg.rl1_lambda,
                     eps=RL1_EPS if cfg.rl1_eps is None else cfg.rl1_eps, milestones=milestones,
-                    lr_boost=1.0 if cfg.lr_boost is None else cfg.lr_boost,
+                    lr_boost=lr_boost,
                 )
             )  # fmt: skip
             info["schedule"] = {
                 "regularise_epochs": epochs,
                 "retrain_epochs": retrain,
                 "milestones": milestones,
+                "lr_boost": lr_boost,
             }
         masker.apply()
         report = masker.report()

@@ -1,17 +1,23 @@
-"""The `scale` stage: compound scaling of an architecture, one point or a grid of short trainings.
+"""The `scale` stage: compound scaling of an architecture, one point or a grid of trainings.
 
-Modes: one point (--phi with --alpha/--beta/--gamma, no training); `--grid` (every point trained with
-the training options, then the best on validation chosen); `--point K` (point K alone, written beside
-the output as OUT.pointK.safetensors, its checkpoints in OUT.pointK.ckpt/); `--collect` (choose among
-the point files present). `--grid` is literally "every --point, then --collect", so a grid fanned out
-with make -j chooses what the sequential run does.
+The architecture comes from an input artifact or from `--arch NAME` (the zoo, sized for the dataset's
+classes, channels and image size as `train --arch` sizes it, without reading the data). Modes: one
+point (--phi with --alpha/--beta/--gamma, no training: OUT is architecture-only); `--grid` (every point
+trained from scratch with the training options, then the best on validation chosen); `--point K`
+(point K alone, written beside the output with its trained weights as OUT.pointK.safetensors, its
+checkpoints in OUT.pointK.ckpt/); `--collect` (choose among the point files present and write the
+winner's weights and metrics as OUT). `--grid` is literally "every --point, then --collect", so a grid
+fanned out with make -j or a Slurm array chooses what the sequential run does. With --resume a point
+whose file of the same grid already holds its trained weights is kept, not trained again.
 
     result = run(Path("arch.safetensors"), Path("scaled.safetensors"), ScaleConfig(phi=1.0), TrainOptions())
+    result = run(None, Path("s.safetensors"), ScaleConfig(phi=3.5, grid=True, arch="micronet-cifar"),
+                 TrainOptions(dataset="cifar100", epochs=250))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mncli.errors import BadInput
@@ -21,18 +27,23 @@ from mncli.stages.training import (
     as_record,
     check_model_fits_data,
     check_writable,
+    final_metrics,
     remove_checkpoints,
     run_training,
 )
 
-# The short training of every grid point.
+# The training of every grid point: EC2T's (SGD 0.1 with Nesterov, weight decay 5e-4, cosine, batch
+# 128; ALGORITHMS.md "scale"), for 5 epochs unless --epochs says otherwise (EC2T trained 200-250).
 TRAIN_DEFAULTS = dict(epochs=5, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4, schedule="cosine")
 
 
 @dataclass
 class ScaleConfig:
-    """The scaling's own options: phi and one point's bases, or the grid, its mode and budgets."""
+    """The scaling's own options: the architecture when there is no input (`arch`, `arch_opts`), phi
+    and one point's bases, or the grid, its mode and budgets."""
 
+    arch: str | None = None
+    arch_opts: dict = field(default_factory=dict)
     phi: float | None = None
     alpha: float | None = None
     beta: float | None = None
@@ -55,6 +66,10 @@ class ScaleConfig:
             raise BadInput(
                 "use one of --grid, --point K and --collect", hint="--grid is every --point, then --collect"
             )
+        if self.arch_opts and self.arch is None:
+            raise BadInput(
+                "--arch-opt applies to --arch only", hint="an input artifact keeps its architecture"
+            )
         if self.phi is None and not self.collect:
             raise BadInput(
                 "--phi is required", hint="e.g. mncli scale arch.safetensors --phi 1 -o scaled.safetensors"
@@ -75,23 +90,29 @@ class ScaleConfig:
 
 @dataclass
 class _Stage:
-    """One run of the stage: the input, the output, the options and the source architecture."""
+    """One run of the stage: the input (None with --arch), the output, the options and the source."""
 
-    input: Path
+    input: Path | None
     out: Path
     cfg: ScaleConfig
     opts: TrainOptions
-    source: object
+    source: object  # a Bundle: the input's, or --arch's architecture alone
     main: bool = True  # rank 0 (or one process): the rank that writes
 
-    def _save(self, arch: dict, path: Path, stage: str, metrics: dict, data: dict, extra: dict) -> dict:
+    @property
+    def source_name(self) -> str:
+        return str(self.input) if self.input is not None else f"--arch {self.cfg.arch}"
+
+    def _save(self, arch: dict, path: Path, stage: str, metrics: dict, data: dict, extra: dict,
+              model=None) -> dict:  # fmt: skip
+        """Write `path`: with `model`'s weights when given, else the architecture alone."""
         from mncli.bundle import Bundle, save_bundle
 
         source = self.source
         return save_bundle(
-            Bundle(model=None, arch=arch, path=source.path, manifest=source.manifest), path, stage=stage,
+            Bundle(model=model, arch=arch, path=source.path, manifest=source.manifest), path, stage=stage,
             params={"train": self.opts.params(), **self.cfg.params()}, metrics=metrics, data=data,
-            seed=self.opts.seed, weights=False, extra=extra,
+            seed=self.opts.seed, weights=model is not None, extra=extra,
         )  # fmt: skip
 
     def _data_info(self) -> dict:
@@ -173,38 +194,71 @@ class _Stage:
         return records, grid_id(arch, cfg.phi, raw, self._grid_settings())
 
     def run_grid(self) -> dict:
+        from mncli.scaling.grid import point_path, trained_point
+
         records, gid = self._plan()
         point = self.cfg.point
+        if point is not None and not 0 <= point < len(records):
+            raise BadInput(f"--point {point} is not in the grid (points 0..{len(records) - 1})")
+        todo = records if point is None else [records[point]]
+        # --resume keeps points already trained; every rank reads their files before any rank trains,
+        # so all of them skip the same points.
+        kept = {}
+        if self.opts.resume:
+            kept = {r["point"]: trained_point(point_path(self.out, r["point"]), gid) for r in todo}
+        data, results = None, []
+        for record in todo:
+            if kept.get(record["point"]) is not None:
+                results.append(self._kept_point(*kept[record["point"]]))
+            else:
+                result, data = self._run_point(record, gid, len(records), data=data)
+                results.append(result)
         if point is not None:
-            if not 0 <= point < len(records):
-                raise BadInput(f"--point {point} is not in the grid (points 0..{len(records) - 1})")
-            return self._run_point(records[point], gid, len(records))[0]
-        data = None
-        for record in records:
-            _, data = self._run_point(record, gid, len(records), data=data)
+            return results[0]
         return self.collect() if self.main else {}
 
-    def _train(self, arch: dict, data, path: Path) -> float:
-        """A short training from scratch, checkpointed beside the point file; the best val accuracy."""
+    def _train(self, arch: dict, data, path: Path):
+        """Train a new model of `arch` from scratch, checkpointed beside the point file; returns the
+        model (its best-on-validation weights) and the engine's FitResult."""
         import torch
 
         from mncli.models import build_model
 
-        check_model_fits_data(arch, data, what=f"the architecture of {self.input}")
+        check_model_fits_data(arch, data, what=f"the architecture of {self.source_name}")
         torch.manual_seed(self.opts.seed)
         model = build_model(arch)
-        return float(run_training(model, self.opts, data, out=path).best_val_acc)
+        return model, run_training(model, self.opts, data, out=path)
+
+    def _point_result(self, record: dict, path: Path, content_sha256: str | None) -> dict:
+        return {
+            "output": str(path),
+            "mode": "point",
+            "phi": self.cfg.phi,
+            **record,
+            "content_sha256": content_sha256,
+        }
+
+    def _kept_point(self, path: Path, manifest: dict) -> dict:
+        """A point --resume finds already trained: its file stays as it is."""
+        shared = ("grid_id", "grid_size", "phi", "source_arch")
+        record = {k: v for k, v in manifest["scale_point"].items() if k not in shared}
+        log(f"point {record['point']}: already trained in {path}, kept (--resume)")
+        if self.main:  # a checkpoint left behind by a run stopped after writing the point file
+            remove_checkpoints(path)
+        return self._point_result(record, path, manifest.get("content_sha256"))
 
     def _run_point(self, record: dict, gid: str, n_points: int, data=None) -> tuple[dict, object]:
-        """Train one point (unless over budget) and write its point file; returns (result, data)."""
+        """Train one point (unless over budget) and write its point file, with the trained weights;
+        returns (result, data)."""
         from mncli.scaling.grid import point_path
 
         cfg, index = self.cfg, record["point"]
         path = point_path(self.out, index)
         record = dict(record)
+        model, metrics = None, {}
         if record["over_budget"]:
             log(f"point {index}: over budget ({record['over_budget']}), not trained")
-            record["val_acc"] = None
+            record["val_acc"] = record["test_acc"] = None
         else:
             if data is None:
                 data = self.opts.load_data()
@@ -214,29 +268,29 @@ class _Stage:
                 f" -> {record['score']['params']:,.0f} params, {record['score']['ops']:,.0f} ops; "
                 f"training {self.opts.epochs} epochs"
             )
-            record["val_acc"] = self._train(record["arch"], data, path)
+            model, fit = self._train(record["arch"], data, path)
+            metrics = final_metrics(model, data, fit)  # under torchrun every rank measures its share
+            record["val_acc"] = float(fit.best_val_acc)  # what the choice compares
+            record["test_acc"] = metrics.get("test_acc")
             record["status"] = "trained"
         if not self.main:  # rank 0 writes the point file
             return {}, data
         extra = {"scale_point": {"grid_id": gid, "phi": cfg.phi, "grid_size": n_points,
                                  "source_arch": self.source.arch, **record}}  # fmt: skip
         manifest = self._save(
-            record["arch"], path, "scale-point", {"score": record["score"], "val_acc": record["val_acc"]},
+            record["arch"], path, "scale-point",
+            {"val_acc": record["val_acc"], **metrics, "score": record["score"]},
             getattr(data, "info", None) or {"dataset": self.opts.dataset}, extra,
+            model=None if model is None else model.cpu().eval(),
         )  # fmt: skip
         remove_checkpoints(path)
-        result = {
-            "output": str(path),
-            "mode": "point",
-            "phi": cfg.phi,
-            **record,
-            "content_sha256": manifest.get("content_sha256"),
-        }
-        return result, data
+        return self._point_result(record, path, manifest.get("content_sha256")), data
 
     def collect(self) -> dict:
+        """Choose among the point files present and write the winner, with its weights and metrics."""
+        from mncli.bundle import load_bundle
         from mncli.scaling.compound import parse_grid
-        from mncli.scaling.grid import choose, grid_id, present_points
+        from mncli.scaling.grid import choose, grid_id, point_path, present_points
         from mncli.scaling.plot import plot_grid
 
         cfg, arch = self.cfg, self.source.arch
@@ -246,7 +300,7 @@ class _Stage:
                 return None
             return grid_id(arch, cfg.phi, parse_grid(cfg.grid_points), self._grid_settings())
 
-        records, first = present_points(self.out, arch, wanted, str(self.input))
+        records, first = present_points(self.out, arch, wanted, self._point_command())
         missing = sorted(set(range(first["grid_size"])) - {r["point"] for r in records})
         if missing:
             log(f"points {missing} have no file yet: choosing among the {len(records)} present")
@@ -256,6 +310,10 @@ class _Stage:
                 "every grid point present is over budget: nothing was trained",
                 hint="lower --phi, raise --budget-ops/--budget-params, or give cheaper --grid-points",
             )
+        winner_path = point_path(self.out, best["point"])
+        winner = load_bundle(winner_path, require_weights=False)
+        if not winner.weights:  # a point file written before point files kept their weights
+            log(f"{winner_path} holds no weights: {self.out} is architecture-only")
         points = [
             {k: v for k, v in r.items() if k not in ("source_arch", "grid_id", "grid_size")} for r in records
         ]
@@ -272,29 +330,84 @@ class _Stage:
             "grid": [{k: p[k] for k in ("point", "alpha", "beta", "gamma")} for p in points],
             "points": points,
             "choice": best["point"],
+            "choice_file": winner_path.name,
+            "choice_sha256": winner.manifest.get("content_sha256"),
             "plot": None if png is None else png.name,
         }
-        metrics = {"score": best["score"], "val_acc": best["val_acc"]}
-        manifest = self._save(best["arch"], self.out, "scale", metrics, self._data_info(), {"scale": record})
+        metrics = {
+            "val_acc": best["val_acc"],
+            **(winner.manifest.get("metrics") or {}),
+            "score": best["score"],
+        }
+        manifest = self._save(
+            best["arch"], self.out, "scale", metrics, winner.manifest.get("data") or self._data_info(),
+            {"scale": record}, model=winner.model if winner.weights else None,
+        )  # fmt: skip
         return {
             "output": str(self.out),
             "mode": "grid",
             "phi": first["phi"],
             "choice": best["point"],
             "arch": best["arch"],
+            "val_acc": best["val_acc"],
+            "test_acc": metrics.get("test_acc"),
+            "weights": winner.weights,
             "points": points,
             "plot": None if png is None else str(png),
             "content_sha256": manifest.get("content_sha256"),
         }
 
+    def _point_command(self) -> str:
+        """How a point of this source is run, for the hint when none is present."""
+        if self.input is not None:
+            return f"mncli scale {self.input}"
+        opts = "".join(f" --arch-opt {k}={v}" for k, v in self.cfg.arch_opts.items())
+        return f"mncli scale --arch {self.cfg.arch}{opts}"
 
-def run(input: Path, out: Path, config: ScaleConfig, train: TrainOptions) -> dict:
-    """Scale INPUT's architecture (one point, a grid, a grid point or the collection) and write OUT.
-    Under torchrun every rank trains each grid point (DDP); rank 0 alone writes the point files and
-    OUT and returns the result, the others {"rank": r}."""
+
+def _dataset_args(name: str, arch_opts: dict, dataset: str | None) -> dict:
+    """The arguments of `--arch NAME` for `dataset`: its classes, input channels and image size (what
+    `train --arch` takes from the loaded data), known here without reading the data; --arch-opt wins."""
+    from mncli.data import canonical_name
+    from mncli.data.datasets import parse_synthetic
+    from mncli.stages.score import arch_args_for
+
+    if dataset is None:
+        return dict(arch_opts)
+    base = canonical_name(dataset)
+    if base != "synthetic":
+        return arch_args_for(name, base, arch_opts)
+    synthetic = parse_synthetic(dataset)
+    channels, size, _ = synthetic["shape"]
+    return {"num_classes": synthetic["classes"], "in_channels": channels, "input_size": size, **arch_opts}
+
+
+def _source_from_arch(name: str, arch_opts: dict, dataset: str | None):
+    """The Bundle of `--arch NAME` as the grid's source: its architecture alone (built on the meta
+    device; every grid point trains a model of its own from scratch)."""
+    from mncli.bundle import Bundle
+    from mncli.models import create_model
+    from mncli.scoring import meta_device
+
+    with meta_device():
+        model = create_model(name, **_dataset_args(name, arch_opts, dataset))
+    return Bundle(model=None, arch=model.arch, weights=False)
+
+
+def run(input: Path | None, out: Path, config: ScaleConfig, train: TrainOptions) -> dict:
+    """Scale INPUT's architecture, or that of `config.arch` (exactly one of the two), as one point, a
+    grid, a grid point or the collection, and write OUT. Under torchrun every rank trains each grid
+    point (DDP); rank 0 alone writes the point files and OUT and returns the result, the others
+    {"rank": r}."""
     from mncli.bundle import load_bundle
     from mncli.stages.compression import process_group
 
+    if input is not None and config.arch is not None:
+        raise BadInput("give an input artifact or --arch, not both", hint="drop one of them")
+    if input is None and config.arch is None:
+        raise BadInput(
+            "nothing to scale", hint="give an input artifact or --arch NAME (e.g. --arch micronet-cifar)"
+        )
     cfg = config.validate()
     check_writable(out, train, input)
     opts = train.resolved(**TRAIN_DEFAULTS).with_fallbacks()
@@ -304,9 +417,12 @@ def run(input: Path, out: Path, config: ScaleConfig, train: TrainOptions) -> dic
                 "a scaling grid trains each point: --dataset is required", hint="e.g. -d fashion-mnist"
             )
         opts.validate()
-    source = load_bundle(input, require_weights=False)
+    if input is not None:
+        source = load_bundle(input, require_weights=False)
+    else:
+        source = _source_from_arch(cfg.arch, cfg.arch_opts, opts.dataset)
     with process_group(opts.device) as ranks:
-        stage = _Stage(Path(input), Path(out), cfg, opts, source, ranks.is_main)
+        stage = _Stage(None if input is None else Path(input), Path(out), cfg, opts, source, ranks.is_main)
         if cfg.collect:
             result = stage.collect() if ranks.is_main else {}
         elif cfg.trains:

@@ -55,6 +55,12 @@ class BinaryMode(enum.StrEnum):
     TWO = "two"
 
 
+class SpaceName(enum.StrEnum):
+    """The named search spaces (mncli.search.space.NAMED_SPACES)."""
+
+    MIT_CIFAR100 = "mit-cifar100"
+
+
 class Activation(enum.StrEnum):
     """The activations the zoo's `mbconv` builds (mncli.models.blocks.ACTIVATIONS)."""
 
@@ -71,7 +77,9 @@ class Activation(enum.StrEnum):
 class SearchConfig:
     """The search's own options: the space, the cost, the architecture optimiser."""
 
-    # the space (None: the dataset's default, see mncli.search.space.default_space)
+    # the space: a named one or (None) the dataset's default (mncli.search.space), then these
+    # options where given
+    space: SpaceName | None = None
     widths: list[int] | None = None
     repeats: list[int] | None = None
     strides: list[int] | None = None
@@ -103,6 +111,8 @@ class SearchConfig:
         self.act = parse_choice(Activation, self.act, "--act")
         self.cost_loss = parse_choice(CostLoss, self.cost_loss, "--cost-loss")
         self.binary_mode = parse_choice(BinaryMode, self.binary_mode, "--binary-mode")
+        if self.space is not None:
+            self.space = parse_choice(SpaceName, self.space, "--space")
         if self.cost is not None:
             self.cost = parse_choice(Cost, self.cost, "--cost")
         self.metric_and_target()
@@ -150,9 +160,12 @@ class SearchConfig:
 
 
 def build_space(cfg: SearchConfig, in_channels: int, input_size: int, num_classes: int):
-    from mncli.search.space import DEFAULT_OPS, SearchSpace, default_space
+    from mncli.search.space import DEFAULT_OPS, SearchSpace, default_space, named_space
 
-    base = default_space(in_channels, input_size, num_classes)
+    if cfg.space is not None:
+        base = named_space(cfg.space)
+    else:
+        base = default_space(in_channels, input_size, num_classes)
     for key in ("widths", "repeats", "strides", "stem_channels", "stem_stride", "head_channels"):
         value = getattr(cfg, key)
         if value is not None:

@@ -27,6 +27,7 @@ from mncli.errors import BadInput
 from mncli.log import log
 
 SPLIT_SEED = 0  # every stage holds out the same validation images, whatever its training seed
+EXP_GAMMA = 0.98  # the exp schedule's factor per epoch: the reweighted-L1 seed's (LinLabNEU main.py)
 DATA, TRAINING = "Data", "Training"
 
 
@@ -87,7 +88,11 @@ class TrainOptions:
     weight_decay: float | None = _option(
         5e-4, "--weight-decay", "--wd", help="Weight decay (not on BatchNorm, biases or scales)."
     )
-    schedule: str | None = _option("cosine", "--schedule", help="cosine, onecycle, step or constant.")
+    schedule: str | None = _option(
+        "cosine", "--schedule",
+        help="cosine, onecycle, step, exp or constant; exp multiplies the LR by --exp-gamma every epoch "
+        "(e.g. --schedule exp --exp-gamma 0.98).",
+    )  # fmt: skip
     warmup_epochs: float | None = _option(0.0, "--warmup-epochs", help="Epochs of linear LR warm-up.")
     final_lr_ratio: float | None = _option(
         0.0, "--final-lr-ratio", help="Cosine schedule: end at lr times this."
@@ -97,6 +102,9 @@ class TrainOptions:
         help="Step schedule: epochs where the LR is multiplied by --step-gamma, e.g. 10,15.",
     )  # fmt: skip
     step_gamma: float | None = _option(0.1, "--step-gamma", help="Step schedule: the LR factor.")
+    exp_gamma: float | None = _option(
+        EXP_GAMMA, "--exp-gamma", help="Exp schedule: the LR factor per epoch, e.g. 0.95 (default 0.98)."
+    )
     label_smoothing: float | None = _option(0.0, "--label-smoothing", help="Label smoothing.")
     grad_clip: float | None = _option(0.0, "--grad-clip", help="Max gradient norm (0: off).")
     max_steps_per_epoch: int | None = _option(
@@ -158,15 +166,32 @@ class TrainOptions:
             values["milestones"] = tuple(float(m) for m in self.milestones)
         if self.step_gamma is not None:
             values["gamma"] = self.step_gamma
-        return TrainConfig(**{**values, **overrides}).validate()
+        values.update(overrides)
+        if values.get("schedule") == "exp":
+            # lr x gamma each epoch is the engine's step schedule with a milestone at every epoch
+            # (torch's ExponentialLR stepped once an epoch: epoch e trains at lr * gamma^e)
+            epochs = values.get("epochs", TrainConfig.epochs)
+            gamma = self.exp_gamma if self.exp_gamma is not None else EXP_GAMMA
+            values.update(schedule="step", milestones=tuple(float(e) for e in range(1, epochs)), gamma=gamma)
+        return TrainConfig(**values).validate()
 
     def validate(self) -> TrainOptions:
         """BadInput for any option out of range, before any data is read."""
         from mncli.data import canonical_name
+        from mncli.engine.config import SCHEDULES
 
         if self.dataset is not None:
             canonical_name(self.dataset)
             self.augmentation()
+        schedules = (*SCHEDULES, "exp")  # exp reaches the engine as its step schedule (see `config`)
+        if self.schedule is not None and self.schedule not in schedules:
+            raise BadInput(
+                f"invalid --schedule: {self.schedule!r}", hint="choose one of " + ", ".join(schedules)
+            )
+        if self.exp_gamma is not None and not 0 < self.exp_gamma <= 1:
+            raise BadInput(
+                f"--exp-gamma must be in (0, 1], got {self.exp_gamma}", hint="e.g. --exp-gamma 0.98"
+            )
         self.config()
         if self.subset is not None and self.subset <= 0:
             raise BadInput(f"--subset must be positive, got {self.subset}", hint="e.g. --subset 2000")
