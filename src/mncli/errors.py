@@ -22,3 +22,11 @@ class BadInput(MncliError):
 
 class RuntimeFailure(MncliError):
     exit_code = 1
+
+
+def describe(exc: BaseException) -> str:
+    """One line for any exception: our own message, else its type and the first line of its text."""
+    if isinstance(exc, MncliError):
+        return exc.message
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

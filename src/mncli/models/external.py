@@ -33,6 +33,7 @@ from typing import Any
 
 from mncli.errors import BadInput
 from mncli.log import progress, warn
+from mncli.models.registry import _first_line
 
 COMMON = ("num_classes", "in_channels", "input_size")
 PACKAGES = ("torchvision", "timm")
@@ -381,9 +382,3 @@ def family_of_entry_point(name: str, builder: Callable) -> dict:
         "description": _doc(builder) or f"{name} (from an installed package)",
         "examples": [name],
     }
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

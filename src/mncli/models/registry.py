@@ -396,34 +396,24 @@ _BUILD_ERRORS = (ValueError, TypeError, ZeroDivisionError, RuntimeError, IndexEr
 
 
 def _build(family: Family, name: str, builder_args: dict, given: dict):
+    import torch
+
     errors = Exception if family.source is not None else _BUILD_ERRORS  # foreign code raises anything
     try:
         try:
             return family.builder(**builder_args)
         except (NotImplementedError, RuntimeError):
-            if family.source is None or not _on_meta():
+            if family.source is None or torch.get_default_device().type != "meta":
                 raise
             # Foreign code that computes with tensors while building (torchvision's RegNet) cannot
             # run on the meta device: build on the CPU, then drop the values.
-            with _cpu_default():
+            with torch.device("cpu"):
                 return family.builder(**builder_args).to("meta")
     except BadInput:
         raise
     except errors as exc:
         detail = f" with {_show(given, 120)}" if given else ""
         raise BadInput(f"cannot build {name}{detail}: {_first_line(exc)}") from exc
-
-
-def _on_meta() -> bool:
-    import torch
-
-    return torch.get_default_device().type == "meta"
-
-
-def _cpu_default():
-    import torch
-
-    return torch.device("cpu")
 
 
 def _count_params(name: str, model) -> int:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mncli.errors import BadInput, MncliError
+from mncli.errors import BadInput, describe
 from mncli.log import log, warn
 from mncli.text import fmt_num, fmt_pct
 
@@ -126,13 +126,6 @@ def lineage(path: Path) -> list[Path]:
 # ---------------------------------------------------------------- measuring
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, MncliError):
-        return exc.message
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def measure(path: Path) -> Artifact:
     """The artifact scored by the score stage; a failure is recorded, never raised."""
     from mncli.artifact import file_report, read_manifest
@@ -144,7 +137,7 @@ def measure(path: Path) -> Artifact:
     try:
         report, why = score(ScoreConfig(artifact=path)), None
     except Exception as exc:  # reported beside the recorded numbers, never fatal to `report`
-        report, why = None, _why(exc)
+        report, why = None, describe(exc)
     artifact = Artifact(path=path, manifest=manifest, score=report, why=why, weights=weights)
     artifact.row = build_row(artifact)
     return artifact

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mncli.errors import BadInput, MncliError
+from mncli.errors import BadInput, describe
 
 ACC_TOLERANCE = 1e-6  # absolute, as a fraction of the images: below one image in a million
 LOSS_RTOL = 1e-5  # relative: batch size and summation order move a mean loss by ~1e-7
@@ -68,13 +68,6 @@ class VerifyConfig:
 # ---------------------------------------------------------------- the model
 
 
-def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, MncliError):
-        return exc.message
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def load_model(path: Path, manifest: dict, weights: bool):
     """The artifact as a stage loads it: load_bundle, or for an architecture-only artifact the
     architecture built on the meta device (no memory, no random values)."""
@@ -105,7 +98,7 @@ def check_model(path: Path, report: dict) -> tuple[dict, Any]:
     try:
         bundle = load_model(path, read_manifest(path), weights)
     except Exception as exc:  # whatever stops a stage from loading it is this check's finding
-        return {**out, "ok": False, "status": "does not load", "error": _first_line(exc)}, None
+        return {**out, "ok": False, "status": "does not load", "error": describe(exc)}, None
     what = "the weights load" if weights else "architecture only (no weights)"
     return {**out, "status": f"{bundle.arch['name']}: {what}"}, bundle
 
@@ -131,7 +124,7 @@ def score_of(path: Path) -> tuple[dict | None, str | None]:
         weights = bool(file_report(path)["tensors"])
         return measured_score(load_model(path, read_manifest(path), weights)), None
     except Exception as exc:  # reported beside the recorded numbers, never fatal to `report`
-        return None, _first_line(exc)
+        return None, describe(exc)
 
 
 def _number(value: Any) -> bool:
@@ -162,7 +155,7 @@ def score_claims(recorded: Any, bundle) -> list[dict]:
     try:
         measured = measured_score(bundle)
     except Exception as exc:
-        note = f"not measured: {_first_line(exc)}"
+        note = f"not measured: {describe(exc)}"
         return [
             _row(f"score.{k}", recorded[k], None, f"rel {SCORE_RTOL:g}", None, note)
             for k in SCORE_CLAIMS
