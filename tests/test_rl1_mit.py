@@ -192,6 +192,26 @@ def test_reweighted_l1_trains_as_its_seed_by_default():
     assert (agp.schedule, agp.batch_size) == ("cosine", 128)
 
 
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [("reweighted-l1", ("adam", 0.001, 0.0, 64, "exp")), ("agp", ("sgd", 0.01, 1e-4, 128, "cosine"))],
+)
+def test_the_methods_training_defaults_reach_the_command_line(tmp_path, run_cli, method, expected):
+    src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics={"score": None})
+    out = tmp_path / "out.safetensors"
+    fast = ["--val-size", "32", "--device", "cpu", "--max-steps-per-epoch", "1"]
+    run = run_cli("prune", src, "-d", SYN, "-o", out, "-m", method, "-s", "0.5", "--epochs", "1", *fast)
+    assert run.code == 0, run.err
+    train = _manifest(out)["params"]["train"]
+    assert (
+        train["optimizer"],
+        train["lr"],
+        train["weight_decay"],
+        train["batch_size"],
+        train["schedule"],
+    ) == (expected)
+
+
 def test_reweighted_l1_boosts_the_lr_by_the_seeds_factor(tmp_path, run_cli):
     src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics={"score": None})
     out = tmp_path / "rl1.safetensors"

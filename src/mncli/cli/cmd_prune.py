@@ -39,10 +39,13 @@ HELP = "\n\n".join(
 def register(app: typer.Typer) -> None:
     @app.command("prune", help=HELP)
     @training_options(
-        epochs=None, lr=None, optimizer=None, weight_decay=1e-4,
-        help_epochs="Training epochs (default: agp 40, magnitude 20, reweighted-l1 40, structured 20).",
+        epochs=None, lr=None, optimizer=None, weight_decay=None, batch_size=None, schedule=None,
+        help_epochs="Training epochs (default: agp 40, magnitude 20, reweighted-l1 300, structured 20).",
         help_lr="Peak learning rate (default 0.01; reweighted-l1 1e-3).",
         help_optimizer="sgd (nesterov), adam or adamw (default sgd; reweighted-l1 adam).",
+        help_weight_decay="Weight decay (default 1e-4; reweighted-l1 0).",
+        help_batch_size="Batch size per process (default 128; reweighted-l1 64).",
+        help_schedule="cosine, onecycle, step, exp or constant (default cosine; reweighted-l1 exp x0.98).",
     )  # fmt: skip
     def prune(
         inp: InputArtifact,
@@ -103,7 +106,7 @@ def register(app: typer.Typer) -> None:
         lr_boost: Annotated[
             float | None,
             method_option(
-                "--lr-boost", help="Reweighted L1: LR factor at each reweighting (default 1; seed: 1.6)."
+                "--lr-boost", help="Reweighted L1: LR factor at each reweighting (default 1.6, the seed's)."
             ),
         ] = None,
         retrain_epochs: Annotated[

@@ -1,9 +1,9 @@
 """Where and how the loop runs: device, threads, precision, memory format, and DDP under torchrun.
 
 CPU defaults (measured by bench/train_throughput.py): channels_last, and bfloat16 autocast when the
-processor has native bf16 (AVX512-BF16 / AMX; oneDNN reports it), with strided depthwise convs routed
-around oneDNN's slow bf16 input gradient (depthwise.py). CUDA: fp16 AMP with a grad scaler (bf16 where the
-GPU has it), channels_last, pinned memory.
+processor has native bf16 (AVX512-BF16 / AMX / Arm BF16 in its flags, and oneDNN supports it), with
+strided depthwise convs routed around oneDNN's slow bf16 input gradient (depthwise.py). CUDA: fp16 AMP
+with a grad scaler (bf16 where the GPU has it), channels_last, pinned memory.
 """
 
 from __future__ import annotations
@@ -63,11 +63,40 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_has_bf16() -> bool:
+# Flags of native bfloat16 arithmetic in /proc/cpuinfo: x86 AVX512-BF16 and AMX, Arm's BF16 extension.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The processor's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); None elsewhere."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def onednn_bf16() -> bool:
+    """oneDNN can run bf16 on this CPU, natively or emulated with AVX-512."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_has_bf16() -> bool:
+    """True when bf16 runs natively: oneDNN supports it and the processor has the instructions.
+
+    oneDNN's own check is not enough for the default: it also says yes where it emulates bf16, and
+    emulated bf16 autocast trains slower than fp32. Where no flags can be read (not Linux), oneDNN's
+    word is taken."""
+    flags = cpu_flags()
+    return onednn_bf16() and (flags is None or bool(flags & NATIVE_BF16_FLAGS))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -105,8 +134,8 @@ def configure(device: str = "auto", precision: str = "auto", channels_last: bool
             precision = "bf16" if cpu_has_bf16() else "fp32"
     if precision == "fp16" and dev.type == "cpu":
         raise BadInput("fp16 autocast is for CUDA", hint="on CPU use --precision bf16 or fp32")
-    if precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
-        raise BadInput("this CPU has no native bfloat16", hint="use --precision fp32")
+    if precision == "bf16" and dev.type == "cpu" and not onednn_bf16():
+        raise BadInput("this CPU cannot run bfloat16", hint="use --precision fp32")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if world > 1 and not torch.distributed.is_initialized():
         init_group(dev, rank, world)

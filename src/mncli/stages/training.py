@@ -103,7 +103,7 @@ class TrainOptions:
     )  # fmt: skip
     step_gamma: float | None = _option(0.1, "--step-gamma", help="Step schedule: the LR factor.")
     exp_gamma: float | None = _option(
-        EXP_GAMMA, "--exp-gamma", help="Exp schedule: the LR factor per epoch, e.g. 0.95 (default 0.98)."
+        EXP_GAMMA, "--exp-gamma", help="Exp schedule: the LR factor per epoch."
     )
     label_smoothing: float | None = _option(0.0, "--label-smoothing", help="Label smoothing.")
     grad_clip: float | None = _option(0.0, "--grad-clip", help="Max gradient norm (0: off).")
