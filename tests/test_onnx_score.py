@@ -155,12 +155,12 @@ def _count_qdq_by_hand(path, reference: dict) -> dict:
     bits = 0
     for name, value in inits.items():
         kind = role.get(name)
-        if kind == "value" and value.dtype == np.int8:  # weights: nnz * 8 + a 1-bit mask, or dense
+        if kind == "value" and value.dtype == np.int8:  # weights: the smaller of sparse and dense
             zero = inits[name.replace("_quantized", "_zero_point")].astype(np.int64)
             if zero.ndim:  # per output channel
                 zero = zero.reshape(-1, *[1] * (value.ndim - 1))
             nnz, n = int((value.astype(np.int64) != zero).sum()), value.size
-            bits += nnz * 8 + n if nnz < n else n * 8
+            bits += min(nnz * 8 + n, n * 8)
         elif kind == "value":  # int32 biases, dense
             bits += value.size * 32
         elif kind == "scale":

@@ -10,7 +10,7 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import ArchName, ArchOpt, Json, method_option, train_option
 from mncli.log import log
-from mncli.stages.score import ScoreConfig, TernaryMults, TernaryStorage
+from mncli.stages.score import Accumulation, ScoreConfig, TernaryMults, TernaryStorage
 from mncli.text import fmt_num, fmt_pct
 
 HELP = "\n\n".join(
@@ -46,9 +46,9 @@ def _fmt(value: float) -> str:
 
 
 def _bits(layer: dict) -> str:
-    """Weight format / input activation bits of a layer with weights."""
+    """Weight format / input activation bits of a layer with weights; input bits of other ops."""
     if layer["weight_format"] is None:
-        return "-"
+        return "-" if layer["act_bits"] is None else f"-/{layer['act_bits']}"
     return f"{layer['weight_format']}/{layer['act_bits']}"
 
 
@@ -93,7 +93,8 @@ def build_table(result: dict):
     conv = result["conventions"]
     lines.append(
         f"conventions: {conv['params']}, adds at {conv['add_bits']} bits, ternary {conv['ternary_storage']}"
-        f"/{conv['ternary_mults']}"
+        f"/{conv['ternary_mults']}, accumulation {conv['accumulation']}"
+        + (f" ({conv['tree_layers']} layers)" if conv["accumulation"] == "tree" else "")
     )
     lines += [f"claim: {claim}" for claim in result["claims"]]
     lines += [f"warning: {warning}" for warning in result["warnings"]]
@@ -149,7 +150,9 @@ def register(app: typer.Typer) -> None:
             method_option(
                 "--ternary-storage",
                 metavar="STORAGE",
-                help="codes2 (official: 2 bits per non-zero + mask) or sign1.",
+                help="codes2 (the official convention: 2 bits per non-zero + a 1-bit mask), sign1 (EC2T's: "
+                "1 sign bit per non-zero + the mask), each dense at 2 bits per code when that is smaller; or "
+                "dense2 (MIT's: 2 bits per code dense whatever the zeros). Plus the two scales.",
             ),
         ] = TernaryStorage.CODES2,
         ternary_mults: Annotated[
@@ -164,6 +167,16 @@ def register(app: typer.Typer) -> None:
             bool,
             method_option("--infer", help="Derive weight bits/ternary structure from the values themselves."),
         ] = False,
+        accumulation: Annotated[
+            Accumulation,
+            method_option(
+                "--accumulation",
+                metavar="MODE",
+                help="flat (every add of a layer at its accumulator width) or tree (RL1's binary adder "
+                "tree: each level's adds at the width `quantize --accumulator-tree` proved; layers "
+                "without proved widths stay flat).",
+            ),
+        ] = Accumulation.FLAT,
         as_json: Json = False,
     ) -> None:
         from mncli.models import parse_arch_opts
@@ -180,6 +193,7 @@ def register(app: typer.Typer) -> None:
             ternary_storage=ternary_storage,
             ternary_mults=ternary_mults,
             infer=infer,
+            accumulation=accumulation,
         )
         result = run(cfg)
         log(summary(result))

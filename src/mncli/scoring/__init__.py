@@ -23,6 +23,7 @@ from mncli.scoring.rules import (
     bn_row,
     check_freebie,
     elementwise_row,
+    input_bits,
     layer_info,
     tensor_row,
     weight_row,
@@ -68,14 +69,16 @@ def score_model(
     ternary_storage: str = "codes2",
     ternary_mults: str = "dense",
     infer: bool = False,
+    accumulation: str = "flat",
     test_accuracy: float | None = None,
 ) -> dict:
     """Count a model by the MicroNet rules; returns the `mncli score --json` object.
 
     `specs` are the per-layer compression specs (docs/architecture.md); weight claims are verified
     against the values, sparsity is measured per tensor. A model on the meta device is counted dense
-    with its claims unverified."""
-    opts = Options(add_bits, freebie16, ternary_storage, ternary_mults, infer)
+    with its claims unverified. The bits each op's inputs hold follow the traced ops that produced
+    them (`rules.input_bits`)."""
+    opts = Options(add_bits, freebie16, ternary_storage, ternary_mults, infer, accumulation)
     opts.check()
     resolve_task(task)
     specs = dict(specs or {})
@@ -99,18 +102,24 @@ def score_model(
 
     rows: list[Row] = []
     seen: set[str] = set()
+    produced: dict[int, int] = {}  # id of a traced op -> bits of its output
     for op in ops:
         first_use = op.layer not in seen
         if op.layer is not None:
             seen.add(op.layer)
+        in_bits = input_bits(op, produced)
         if op.kind in ("conv", "linear"):
+            info = infos[op.layer]
+            produced[id(op)] = info.out_bits
             bias = state.get(f"{op.layer}.bias" if op.layer else "bias")
-            bias_values = bias.numel() if bias is not None else infos[op.layer].c_out
-            rows.append(weight_row(op, infos[op.layer], bias_values, opts, first_use))
+            bias_values = bias.numel() if bias is not None else info.c_out
+            rows.append(weight_row(op, info, bias_values, opts, first_use))
         elif op.kind == "bn":
+            produced[id(op)] = in_bits  # a bias add: its output holds what its input held
             rows.append(bn_row(op, opts, first_use))
         else:
-            rows.append(elementwise_row(op, opts))
+            produced[id(op)] = in_bits
+            rows.append(elementwise_row(op, opts, in_bits))
     for name in loose:
         rows.append(tensor_row(name, state[name], opts))
 

@@ -86,6 +86,7 @@ _INT_TYPES = {  # TensorProto data type -> (bits, signed)
     12: (32, False), 13: (64, False), 21: (4, False), 22: (4, True), 25: (2, False), 26: (2, True),
 }  # fmt: skip
 _FLOAT_TYPES = {1: 32, 10: 16, 16: 16, 11: 64, 17: 8, 18: 8, 19: 8, 20: 8, 23: 4}
+_HALF_TYPES = {10, 16}  # FLOAT16, BFLOAT16
 
 
 def type_bits(elem_type: int) -> int:
@@ -407,6 +408,10 @@ class _Counter:
         self.layer_of: dict[str, Any] = {}  # output tensor -> the weight op that produced it
         self.skip: set[int] = set()  # ids of nodes merged into an earlier op
         self.op_out: dict[int, str] = {}  # id(TracedOp) -> the tensor it computes
+        self.in_bits: dict[int, int] = {}  # id(TracedOp) of an elementwise op -> bits of its inputs
+        self.value_bits: dict[str, int] = {
+            graph.input_name: 16 if graph.elem_type(graph.input_name) in _HALF_TYPES else 32
+        }
         self.loose: list = []
         self.warnings: list[str] = []
         self._names: dict[str, int] = {}
@@ -588,23 +593,44 @@ class _Counter:
             if node.op_type not in ("Shape", "Size"):
                 self.acts.update(o for o in node.output if o)
             self.propagate_bits(node)
-            if id(node) in self.skip:
+            if id(node) not in self.skip:
+                self.count_node(node)
+            self.propagate_value_bits(node, acts)
+
+    def count_node(self, node) -> None:
+        if node.domain not in ("", "ai.onnx"):
+            self.refuse(node)
+        op = node.op_type
+        if op == "Clip" and self.g.elem_type(node.input[0]) in _INT_TYPES:
+            return  # the range of quantized codes
+        if op in FREE_OPS:
+            return
+        if op in WEIGHT_OPS:
+            self.weight_op(node)
+        elif op == "BatchNormalization":
+            self.bn_op(node)
+        elif op in ELEMENTWISE_OPS:
+            self.elementwise_op(node)
+        else:
+            self.refuse(node)
+
+    def propagate_value_bits(self, node, acts: list[str]) -> None:
+        """The graph's counterpart of rules.input_bits: 16 for a FLOAT16 / BFLOAT16 tensor and for what
+        an fp16 layer (fp16 weights, 16-bit inputs) computes, carried through free, batch-norm and
+        elementwise ops; else 32. The mults of activations, pooling and gates count at these bits."""
+        passed = max((self.value_bits.get(name, 32) for name in acts), default=32)
+        for out in node.output:
+            if not out:
                 continue
-            if node.domain not in ("", "ai.onnx"):
-                self.refuse(node)
-            op = node.op_type
-            if op == "Clip" and self.g.elem_type(node.input[0]) in _INT_TYPES:
-                continue  # the range of quantized codes
-            if op in FREE_OPS:
-                continue
-            if op in WEIGHT_OPS:
-                self.weight_op(node)
-            elif op == "BatchNormalization":
-                self.bn_op(node)
-            elif op in ELEMENTWISE_OPS:
-                self.elementwise_op(node)
+            if self.g.elem_type(out) in _HALF_TYPES:
+                bits = 16
+            elif out in self.layer_of:
+                bits = self.infos[id(self.layer_of[out])][0].out_bits
+            elif node.op_type in WEIGHT_OPS:
+                bits = 32  # a MatMul's product before its bias Add, which carries the layer's bits
             else:
-                self.refuse(node)
+                bits = passed
+            self.value_bits[out] = bits
 
     def _traced(self, kind: str, node, inputs: list[str], out: str, name: str | None = None):
         from mncli.scoring.tracer import TracedOp
@@ -621,7 +647,10 @@ class _Counter:
         return op
 
     def weight_op(self, node) -> None:
-        from mncli.scoring.rules import LayerInfo
+        import numpy as np
+        import torch
+
+        from mncli.scoring.rules import LayerInfo, has_fp16_weights
 
         g, op_type = self.g, node.op_type
         inputs = list(node.input)
@@ -689,6 +718,7 @@ class _Counter:
             extra_param_bits=w.extra_bits + act_bits_params[0],
             extra_params=w.extra_params + act_bits_params[1],
             checked=True,
+            fp16_weights=has_fp16_weights(w.fmt, torch.from_numpy(np.ascontiguousarray(w.values))),
         )
         self.infos[id(traced)] = (info, bias_values, first_use)
         self.layer_of[final_out] = traced
@@ -744,6 +774,7 @@ class _Counter:
             if fused:
                 return
         traced = self._traced(kind, node, acts, out)
+        self.in_bits[id(traced)] = max(self.value_bits.get(name, 32) for name in acts)
         traced.constant_operand = len(acts) < 2 and kind in ("add", "mul", "div")
         attrs = _attrs(node)
         if kind in ("avgpool", "maxpool"):
@@ -801,7 +832,7 @@ class _Counter:
             elif op.kind == "bn":
                 rows.append(bn_row(op, self.opts, self.bn_first[id(op)]))
             else:
-                rows.append(elementwise_row(op, self.opts))
+                rows.append(elementwise_row(op, self.opts, self.in_bits[id(op)]))
         for name, tensor in self.loose:
             rows.append(tensor_row(name, tensor, self.opts))
         rows.extend(self.qdq_rows())
@@ -841,13 +872,15 @@ def score_onnx(
     ternary_storage: str = "codes2",
     ternary_mults: str = "dense",
     infer: bool = False,
+    accumulation: str = "flat",
     test_accuracy: float | None = None,
 ) -> dict:
-    """Count an ONNX graph by the MicroNet rules; returns the `mncli score --json` object."""
+    """Count an ONNX graph by the MicroNet rules; returns the `mncli score --json` object (a graph
+    records no proved tree widths: under tree accumulation its integer layers are counted flat)."""
     from mncli.scoring.report import build_report, resolve_task
     from mncli.scoring.rules import Options
 
-    opts = Options(add_bits, freebie16, ternary_storage, ternary_mults, infer)
+    opts = Options(add_bits, freebie16, ternary_storage, ternary_mults, infer, accumulation)
     opts.check()
     resolve_task(task)
     counter = _Counter(graph, opts)

@@ -40,7 +40,30 @@ def accuracy_block(test_accuracy: float | None, task: str) -> dict | None:
     }
 
 
-def conventions(opts: Options) -> dict:
+TERNARY_STORAGE = {
+    "codes2": "official: 2 bits per non-zero code + a 1-bit mask, or 2 bits per code dense when smaller",
+    "sign1": "EC2T's: a 1-bit mask + 1 sign bit per non-zero, or 2 bits per code dense when smaller",
+    "dense2": "MIT's: 2 bits per code dense whatever the zeros",
+}
+ACCUMULATION = {
+    "flat": "every add of a layer at one accumulator width (--add-bits, or the spec's acc_bits)",
+    "tree": "binary adder tree: a dot product of k terms adds floor(k/2) pairs at level 1, then pairs "
+    "of those, ...; level l at the spec's acc_tree[l-1] bits (the last repeats), the bias add at the "
+    "last level's; layers without acc_tree flat",
+}
+
+
+def _tree_layers(rows: list[Row]) -> set[str]:
+    return {r.name for r in rows if r.tree is not None}
+
+
+def _untreed_int_layers(rows: list[Row]) -> list[str]:
+    """Integer layers counted flat under tree accumulation: their specs prove no tree widths."""
+    names = {r.name for r in rows if r.tree is None and (r.weight_format or "").startswith("int")}
+    return sorted(names)
+
+
+def conventions(opts: Options, rows: list[Row]) -> dict:
     return {
         "rules": "MicroNet Challenge final rules (2019-09): mults and adds counted separately, per example",
         "params": "16-bit freebie (params and mults at 16 bits)"
@@ -50,14 +73,32 @@ def conventions(opts: Options) -> dict:
         + ("; 16 bits with the freebie" if opts.freebie16 else ""),
         "add_bits": opts.add_bits,
         "add_bits_is_claim": opts.add_bits < 32,
-        "sparse_storage": "nnz*bits + 1-bit mask over all n for any tensor with an exact zero; biases dense",
+        "activation_mults": "activations, pooling and gates at the bits of their inputs: 16 for what fp16 "
+        "layers (fp16 weights and 16-bit inputs) computed or float16 tensors, else 32",
+        "sparse_storage": "each weight tensor stored and charged in the smaller form: dense n*bits, or "
+        "sparse nnz*bits + a 1-bit mask over all n (each row's storage says which); biases dense",
         "batch_norm": "a bias: c values, one add per element; a conv bias followed by BN merges into it",
         "ternary_storage": opts.ternary_storage,
+        "ternary_storage_rule": TERNARY_STORAGE[opts.ternary_storage],
         "ternary_mults": opts.ternary_mults,
+        "accumulation": opts.accumulation,
+        "accumulation_rule": ACCUMULATION[opts.accumulation],
+        "tree_layers": len(_tree_layers(rows)),
         "activation_quantizers": "scales counted as parameters; the rescale is folded into the layer",
         "relu6_hardtanh": "booked as relu (1 mult per element)",
         "pooling": "max pool comparisons booked as adds",
         "constant_ops": "ops on weights and constants only are folded at deployment (free)",
+    }
+
+
+def _tree_dict(row: Row) -> dict | None:
+    tree = row.tree
+    if tree is None:
+        return None
+    return {
+        "terms": tree.terms,
+        "levels": [{"adds": adds, "bits": bits} for adds, bits in tree.levels],
+        "bias": None if tree.bias is None else {"adds": tree.bias[0], "bits": tree.bias[1]},
     }
 
 
@@ -74,12 +115,14 @@ def layer_dict(row: Row) -> dict:
         "weight_format": row.weight_format,
         "weight_bits": row.weight_bits,
         "act_bits": row.act_bits,
+        "storage": row.storage,
         "storage_bits": row.param_bits,
         "raw_params": row.raw_params,
         "raw_mults": row.raw_mults,
         "raw_adds": row.raw_adds,
         "mult_bits": row.mult_bits,
         "add_bits": row.add_bits,
+        "add_tree": _tree_dict(row),
     }
 
 
@@ -106,8 +149,16 @@ def build_report(
             f"additions counted at {opts.add_bits} bits: a claim that the model accumulates in them"
         )
     for row in rows:
-        if row.add_bits < opts.add_bits:
+        if row.tree is not None:
+            widths = "/".join(str(bits) for _, bits in row.tree.levels) or "no levels"
+            claims.append(f"{row.name}: adder tree at {widths} bits per level (spec acc_tree, proved)")
+        elif row.add_bits < opts.add_bits:
             claims.append(f"{row.name}: {row.add_bits}-bit accumulator (spec acc_bits, overflow-checked)")
+    warnings = list(warnings or [])
+    untreed = _untreed_int_layers(rows) if opts.accumulation == "tree" else []
+    if untreed:
+        shown = ", ".join(untreed[:5]) + (", ..." if len(untreed) > 5 else "")
+        warnings.append(f"{len(untreed)} layers have no proved tree widths (counted flat): {shown}")
     return {
         "params": params,
         "mults": mults,
@@ -130,10 +181,10 @@ def build_report(
         },
         "baseline": {"name": base["baseline"], "params": base["params"], "ops": base["ops"]},
         "input_shape": list(input_shape),
-        "conventions": conventions(opts),
+        "conventions": conventions(opts, rows),
         "claims": claims,
         "verified": verified,
-        "warnings": list(warnings or []),
+        "warnings": warnings,
         "accuracy": accuracy_block(test_accuracy, (task or "cifar100").lower()),
         "layers": [layer_dict(r) for r in rows],
     }

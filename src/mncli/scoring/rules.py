@@ -6,8 +6,10 @@ Per op, with N the output elements per example (SCORING.md):
   relu 1 mult; silu and hard-swish 3 mults + 1 add; sigmoid 2 mults + 1 add; hard-sigmoid 2 + 1
   add/sub N adds; mul/div (squeeze-excite scale, constants) N mults
   pooling      avg: 1 mult + (k-1) adds per output, max: (k-1) adds (comparisons), global = avg
-Each op is weighted by its bits / 32: mults by max(weight bits, input activation bits) (16 with the
-freebie), adds by the accumulator width.
+Each op is weighted by its bits / 32: a layer's mults by max(weight bits, input activation bits),
+other mults by the bits of their inputs (16 when they hold what fp16 layers computed, else 32; 16 with
+the freebie), adds by the accumulator width: flat, one width a layer, or per level of a binary adder
+tree (`--accumulation tree`, the widths a layer's spec `acc_tree` proves).
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import torch
 
 from mncli.errors import BadInput
 from mncli.scoring.tracer import TracedOp, numel
-from mncli.scoring.weights import WeightFormat, check_claim, claimed_format, infer_format, storage_bits
+from mncli.scoring.weights import (
+    WeightFormat,
+    check_claim,
+    claimed_format,
+    fp16_exact,
+    infer_format,
+    weight_storage,
+)
+
+FLOAT_BITS = 32
+HALF_BITS = 16
 
 ELEMENTWISE = {  # kind -> (mults, adds) per output element
     "relu": (1, 0),
@@ -40,10 +52,15 @@ class Options:
     ternary_storage: str = "codes2"
     ternary_mults: str = "dense"
     infer: bool = False
+    accumulation: str = "flat"
 
     def check(self) -> None:
-        if self.ternary_storage not in ("codes2", "sign1"):
-            raise BadInput(f"unknown ternary storage {self.ternary_storage!r}", hint="codes2 or sign1")
+        if self.ternary_storage not in ("codes2", "sign1", "dense2"):
+            raise BadInput(
+                f"unknown ternary storage {self.ternary_storage!r}", hint="codes2, sign1 or dense2"
+            )
+        if self.accumulation not in ("flat", "tree"):
+            raise BadInput(f"unknown accumulation {self.accumulation!r}", hint="flat or tree")
         if self.ternary_mults not in ("dense", "factorized"):
             raise BadInput(
                 f"unknown ternary mults convention {self.ternary_mults!r}", hint="dense or factorized"
@@ -55,6 +72,23 @@ class Options:
     def float_bits(self) -> int:
         """Bits of a 32-bit value and of an elementwise multiply: 16 with the freebie."""
         return 16 if self.freebie16 else 32
+
+
+@dataclass
+class TreeAdds:
+    """A layer's additions booked per level of a binary adder tree, each level at its own width."""
+
+    terms: int  # k, the products one dot product sums
+    levels: list[tuple[float, int]]  # (adds, bits) per level, level 1 first
+    bias: tuple[float, int] | None  # (adds, bits) of the layer's own bias, at the last level's width
+
+    @property
+    def parts(self) -> list[tuple[float, int]]:
+        return [*self.levels, *([self.bias] if self.bias else [])]
+
+    @property
+    def weighted(self) -> float:
+        return sum(adds * bits / 32 for adds, bits in self.parts)
 
 
 @dataclass
@@ -73,6 +107,8 @@ class Row:
     weight_format: str | None = None
     weight_bits: int | None = None
     act_bits: int | None = None
+    storage: str | None = None  # "dense" or "sparse": the form a weight is stored and charged in
+    tree: TreeAdds | None = None  # adds per level of a binary adder tree (else all at add_bits)
 
     @property
     def params(self) -> float:
@@ -84,6 +120,8 @@ class Row:
 
     @property
     def adds(self) -> float:
+        if self.tree is not None:
+            return self.tree.weighted
         return self.raw_adds * self.add_bits / 32
 
 
@@ -100,6 +138,75 @@ class LayerInfo:
     extra_param_bits: int  # activation-quantizer scales
     extra_params: int
     checked: bool
+    acc_tree: list[int] | None = None  # accumulator bits per level of a binary adder tree (proved)
+    fp16_weights: bool = False  # fp16 weights, or a ternary layer whose two scales are fp16 values
+
+    @property
+    def out_bits(self) -> int:
+        """Bits of the layer's output: 16 from fp16 weights times 16-bit activations, else 32."""
+        return HALF_BITS if self.fp16_weights and self.act_bits == HALF_BITS else FLOAT_BITS
+
+
+def has_fp16_weights(fmt: WeightFormat, weight: torch.Tensor) -> bool:
+    """fp16 weights, or ternary ones whose values (the two scales) are fp16 values: what an fp16 kernel
+    multiplies (compress.quant.fp16 makes both)."""
+    if fmt.format == "float":
+        return fmt.bits == HALF_BITS
+    return fmt.format == "ternary" and not weight.is_meta and fp16_exact(weight)
+
+
+def tree_level_adds(k: int) -> list[int]:
+    """Additions per level of a binary adder tree summing `k` terms: level 1 adds pairs of terms,
+    level 2 pairs of those sums, and so on; an odd term passes up unchanged (k - 1 adds in all)."""
+    levels = []
+    while k > 1:
+        levels.append(k // 2)
+        k = (k + 1) // 2
+    return levels
+
+
+def check_acc_tree(layer: str, spec: dict) -> list[int] | None:
+    """The spec's `acc_tree` (bits per tree level), or None; BadInput unless ints 2..32."""
+    widths = spec.get("acc_tree")
+    if widths is None:
+        return None
+    valid = isinstance(widths, list | tuple) and bool(widths)
+    valid = valid and all(isinstance(w, int) and not isinstance(w, bool) and 2 <= w <= 32 for w in widths)
+    if not valid:
+        raise BadInput(
+            f"layer {layer}: acc_tree must be a non-empty list of accumulator bits per tree level, "
+            f"integers 2 to 32, got {widths!r}",
+            hint="re-run quantize --accumulator-tree to prove the widths",
+        )
+    return [int(w) for w in widths]
+
+
+def _tree_adds(
+    terms_per_output: float, outputs: int, widths: list[int], bias: bool, max_bits: int
+) -> TreeAdds:
+    """Every output's dot product summed by a binary tree; level l at widths[l-1] (the last repeats)."""
+    k = math.floor(terms_per_output + 0.5)
+    counts = tree_level_adds(k)
+
+    def width(level: int) -> int:
+        return min(max_bits, widths[min(level, len(widths)) - 1])
+
+    levels = [(float(count * outputs), width(level)) for level, count in enumerate(counts, 1)]
+    bias_adds = (float(outputs), width(max(len(counts), 1))) if bias else None
+    return TreeAdds(terms=k, levels=levels, bias=bias_adds)
+
+
+def input_bits(op: TracedOp, produced: dict[int, int]) -> int:
+    """Bits of an op's widest input: 16 for a float16/bfloat16 tensor, else the bits of what produced
+    it (`produced`: id of a traced op -> its output bits), 32 for the model input and stored operands."""
+    widest = 0
+    for source in op.inputs:
+        if source.dtype_bits <= HALF_BITS:
+            bits = HALF_BITS
+        else:
+            bits = max((produced.get(id(p), FLOAT_BITS) for p in source.producers), default=FLOAT_BITS)
+        widest = max(widest, bits)
+    return widest or FLOAT_BITS
 
 
 def _act_bits(layer: str, spec: dict, modules: dict) -> int:
@@ -150,6 +257,8 @@ def layer_info(
         extra_param_bits=sum(t.numel() for t in act_tensors) * scale_bits,
         extra_params=sum(t.numel() for t in act_tensors),
         checked=has_values,
+        acc_tree=check_acc_tree(layer, spec),
+        fp16_weights=has_fp16_weights(fmt, weight),
     )
 
 
@@ -171,15 +280,21 @@ def weight_row(op: TracedOp, info: LayerInfo, bias_values: int, opts: Options, f
     positions = out / info.c_out
     mults = info.nnz * positions
     adds = max(mults - out, 0.0)
-    own_bias = op.attrs.get("bias") and op.bias_merged_into is None
+    own_bias = bool(op.attrs.get("bias")) and op.bias_merged_into is None
     if own_bias:
         adds += out
+    add_bits = min(opts.add_bits, info.acc_bits)
+    tree = None
+    if opts.accumulation == "tree" and info.acc_tree:
+        tree = _tree_adds(mults / out if out else 0.0, out, info.acc_tree, own_bias, opts.add_bits)
+        add_bits = max((bits for _, bits in tree.parts), default=add_bits)  # the widest level
     float_bits = opts.float_bits
     value_bits = min(fmt.bits, 16) if opts.freebie16 and fmt.format == "float" else fmt.bits
     bias_bits = 16 if (opts.freebie16 or (fmt.format == "float" and fmt.bits == 16)) else 32
     param_bits = raw_params = 0
+    storage = None
     if first_use:
-        param_bits = storage_bits(
+        param_bits, storage = weight_storage(
             info.n, info.nnz, fmt, value_bits=value_bits, ternary_storage=opts.ternary_storage
         )
         param_bits += info.extra_param_bits
@@ -208,11 +323,13 @@ def weight_row(op: TracedOp, info: LayerInfo, bias_values: int, opts: Options, f
         raw_mults=mults,
         raw_adds=adds,
         mult_bits=mult_bits,
-        add_bits=min(opts.add_bits, info.acc_bits),
+        add_bits=add_bits,
         sparsity=1 - info.nnz / info.n if info.n else 0.0,
         weight_format=fmt.label,
         weight_bits=value_bits if fmt.format != "ternary" else 2,
         act_bits=info.act_bits,
+        storage=storage,
+        tree=tree,
     )
 
 
@@ -243,8 +360,9 @@ def _kernel_area(kernel, spatial_dims: int) -> int:
     return math.prod(int(k) for k in kernel)
 
 
-def elementwise_row(op: TracedOp, opts: Options) -> Row:
-    """Activations, arithmetic, pooling and reductions on activation tensors."""
+def elementwise_row(op: TracedOp, opts: Options, in_bits: int = FLOAT_BITS) -> Row:
+    """Activations, arithmetic, pooling and reductions on activation tensors; their mults at the bits
+    of their inputs, `in_bits` (16 with the freebie)."""
     out = numel(op.out_shape)
     inp = numel(op.in_shapes[0]) if op.in_shapes else out
     kind = op.kind
@@ -281,8 +399,9 @@ def elementwise_row(op: TracedOp, opts: Options) -> Row:
         shape=op.out_shape,
         raw_mults=float(mults),
         raw_adds=float(adds),
-        mult_bits=opts.float_bits,
+        mult_bits=min(in_bits, opts.float_bits),
         add_bits=opts.add_bits,
+        act_bits=in_bits,
     )
 
 

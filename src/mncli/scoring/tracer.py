@@ -9,8 +9,10 @@ Two instruments work together:
 
 Only operations on activations (tensors computed from the input) cost ops; operations on weights and
 constants alone are folded at deployment. An operation on activations that the rules do not know is an
-error naming it, never a silent zero. Tracing runs on the meta device when it can (shapes only, no
-memory), with the model's parameters swapped for meta tensors by `torch.func.functional_call`.
+error naming it, never a silent zero. Each op records where its inputs came from (`TracedOp.inputs`: the
+counted ops whose outputs they hold, through free ops, and their dtypes), so the rules can count it at
+the bits of its inputs. Tracing runs on the meta device when it can (shapes only, no memory), with
+the model's parameters swapped for meta tensors by `torch.func.functional_call`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ from mncli.scoring.optable import FREE, FUNCTION_KINDS, module_kind, short_name
 
 
 @dataclass
+class OpInput:
+    """Where one input tensor of an op came from, for the bits the op runs at."""
+
+    dtype_bits: int  # 16 for a float16/bfloat16 tensor, else 32
+    producers: tuple[TracedOp, ...] = ()  # counted ops whose output it holds (through free ops); ()
+    # for the model input and for stored or constant operands
+
+
+@dataclass
 class TracedOp:
     """One counted operation: a module unit or a functional op, with shapes per example (batch 1)."""
 
@@ -43,6 +54,16 @@ class TracedOp:
     attrs: dict[str, Any] = field(default_factory=dict)
     bias_merged_into: str | None = None  # a conv/linear bias folded into the batch norm that follows
     constant_operand: bool = False  # binary op with a weight/constant operand (not two activations)
+    inputs: list[OpInput] = field(default_factory=list, repr=False, compare=False)  # activations, operands
+
+
+@dataclass
+class _Origin:
+    """The counted ops an activation tensor holds the output of."""
+
+    ref: weakref.ref
+    ops: tuple[TracedOp, ...]
+    booked: bool  # the output of ops[0] itself, not a view or copy of it
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -54,6 +75,10 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _tensors(item)
+
+
+def _dtype_bits(t: torch.Tensor) -> int:
+    return 16 if t.dtype in (torch.float16, torch.bfloat16) else 32
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -72,7 +97,7 @@ class _Tracer(TorchFunctionMode):
         self.ops: list[TracedOp] = []
         self.used_tensors: dict[str, str] = {}  # loose parameter -> first op using it
         self._acts: dict[int, weakref.ref] = {}
-        self._producers: dict[int, tuple[weakref.ref, TracedOp]] = {}
+        self._producers: dict[int, _Origin] = {}  # id of an activation -> the ops it holds the output of
         self._scope: list[str] = []
         self._unit_depth = 0
         self._busy = False
@@ -86,6 +111,34 @@ class _Tracer(TorchFunctionMode):
     def is_act(self, t: torch.Tensor) -> bool:
         ref = self._acts.get(id(t))
         return ref is not None and ref() is t
+
+    def _origin(self, t: torch.Tensor) -> _Origin | None:
+        origin = self._producers.get(id(t))
+        return origin if origin is not None and origin.ref() is t else None
+
+    def _inputs(self, tensors: list[torch.Tensor]) -> list[OpInput]:
+        """The activations and the float operands (weights, constants) of an op, with their origins."""
+        inputs = []
+        for t in tensors:
+            if not (self.is_act(t) or t.is_floating_point()):
+                continue
+            origin = self._origin(t)
+            inputs.append(OpInput(_dtype_bits(t), origin.ops if origin is not None else ()))
+        return inputs
+
+    def _produced(self, outs: list[torch.Tensor], op: TracedOp) -> None:
+        for t in outs:
+            self._producers[id(t)] = _Origin(weakref.ref(t), (op,), booked=True)
+
+    def _pass_through(self, inputs: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
+        """A free op's outputs hold what its activation inputs held."""
+        ops: dict[int, TracedOp] = {}
+        for t in inputs:
+            origin = self._origin(t) if self.is_act(t) else None
+            for op in origin.ops if origin is not None else ():
+                ops.setdefault(id(op), op)
+        for t in outs:
+            self._producers[id(t)] = _Origin(weakref.ref(t), tuple(ops.values()), booked=False)
 
     def _name(self, op: str) -> str:
         scope = self._scope[-1] if self._scope else ""
@@ -132,14 +185,16 @@ class _Tracer(TorchFunctionMode):
         else:  # a unit applied to constants only (never in a plain CNN): folded at deployment
             return
         if kind == "free" or not outs:
+            self._pass_through(inputs, outs)
             return
         label = name or type(module).__name__  # the root module has the empty name
         op = TracedOp(kind, label, type(module).__name__, [_shape(t) for t in inputs], _shape(outs[0]))
+        op.inputs = self._inputs(inputs)
+        self._produced(outs, op)
         if kind in ("conv", "linear"):
             op.layer = name
             op.attrs = {"groups": getattr(module, "groups", 1), "bias": module.bias is not None}
             op.attrs["weight"] = f"{name}.weight" if name else "weight"
-            self._producers[id(outs[0])] = (weakref.ref(outs[0]), op)
         elif kind == "bn":
             op.layer = name
             op.attrs = {"channels": module.num_features}
@@ -151,9 +206,9 @@ class _Tracer(TorchFunctionMode):
     def _merge_bias(self, bn: TracedOp, inp: torch.Tensor | None) -> None:
         if inp is None:
             return
-        entry = self._producers.get(id(inp))
-        if entry is not None and entry[0]() is inp and entry[1].attrs.get("bias"):
-            entry[1].bias_merged_into = bn.name
+        origin = self._origin(inp)
+        if origin is not None and origin.booked and origin.ops[0].attrs.get("bias"):
+            origin.ops[0].bias_merged_into = bn.name
 
     # functional ops ----------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -182,6 +237,7 @@ class _Tracer(TorchFunctionMode):
             return
         self.mark(out)
         if name in FREE:
+            self._pass_through(inputs, list(_tensors(out)))
             self._use(loose, "")
             return
         kind = FUNCTION_KINDS.get(name)
@@ -199,6 +255,8 @@ class _Tracer(TorchFunctionMode):
         op = TracedOp(
             kind, self._name(name), resolve_name(func) or name, [_shape(t) for t in acts], _shape(outs[0])
         )
+        op.inputs = self._inputs(inputs)
+        self._produced(outs, op)
         if kind in ("conv", "linear", "bn"):
             self._functional_layer(op, args, kwargs, acts[0])
             loose = []

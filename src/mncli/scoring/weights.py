@@ -30,19 +30,29 @@ class WeightFormat:
         return f"{'fp' if self.format == 'float' else 'int'}{self.bits}"
 
 
-def storage_bits(n: int, nnz: int, fmt: WeightFormat, *, value_bits: int, ternary_storage: str) -> int:
-    """Bits of one weight tensor: `nnz*b + n` when any value is an exact zero (1-bit mask over all `n`),
-    `n*b` when dense; ternary codes per `ternary_storage`; plus the quantizer scales."""
-    sparse = nnz < n
-    if fmt.format == "ternary":
-        per_nnz = 2 if ternary_storage == "codes2" else 1  # sign1: the mask says non-zero, 1 bit the sign
-        if sparse:
-            bits = nnz * per_nnz + n
-        else:
-            bits = n * per_nnz
+def weight_storage(
+    n: int, nnz: int, fmt: WeightFormat, *, value_bits: int, ternary_storage: str
+) -> tuple[int, str]:
+    """(bits, form) of one weight tensor stored in the smaller of two forms: "dense", `n*b`, or
+    "sparse", the non-zeros `nnz*b` plus a 1-bit mask over all `n` (dense on a tie). Ternary codes:
+    codes2 (official) 2 bits a code, sparse `2*nnz + n`; sign1 (EC2T) sparse `nnz + n`, the mask saying
+    non-zero and 1 bit the sign, dense `2*n` (three states need 2 bits); dense2 (MIT) `2*n` whatever the
+    zeros. Plus the quantizer scales at 32 bits."""
+    if fmt.format == "ternary" and ternary_storage == "dense2":
+        bits, form = 2 * n, "dense"
     else:
-        bits = nnz * value_bits + n if sparse else n * value_bits
-    return bits + fmt.n_scales * SCALE_BITS
+        if fmt.format == "ternary":
+            dense, sparse = 2 * n, (nnz if ternary_storage == "sign1" else 2 * nnz) + n
+        else:
+            dense, sparse = n * value_bits, nnz * value_bits + n
+        bits, form = (sparse, "sparse") if sparse < dense else (dense, "dense")
+    return bits + fmt.n_scales * SCALE_BITS, form
+
+
+def fp16_exact(weight: torch.Tensor) -> bool:
+    """Every value is an fp16 value."""
+    values = weight.detach().float()
+    return torch.equal(values.half().float(), values)
 
 
 def _unique_sorted(values: torch.Tensor, limit: int) -> torch.Tensor | None:
@@ -116,7 +126,7 @@ def check_claim(layer: str, spec: dict, weight: torch.Tensor, scale: torch.Tenso
     if kind == "float":
         if bits not in (16, 32):
             raise BadInput(f"layer {layer}: float weights of {bits} bits are not a format (16 or 32)")
-        if bits == 16 and not torch.equal(weight.detach().float().half().float(), weight.detach().float()):
+        if bits == 16 and not fp16_exact(weight):
             raise BadInput(f"layer {layer} claims fp16 weights but holds values fp16 cannot represent")
         return WeightFormat("float", bits)
     if kind == "ternary":
@@ -163,7 +173,7 @@ def infer_format(weight: torch.Tensor) -> WeightFormat:
         if levels is not None and levels <= 256:
             bits = max(2, (levels - 1).bit_length())
             return WeightFormat("int", bits, n_scales=int(weight.shape[0]), inferred=True)
-    if torch.equal(weight.detach().float().half().float(), weight.detach().float()):
+    if fp16_exact(weight):
         return WeightFormat("float", 16, inferred=True)
     return WeightFormat("float", 32, inferred=True)
 

@@ -15,10 +15,11 @@ from mncli.text import parse_choice
 
 
 class TernaryStorage(enum.StrEnum):
-    """How a ternary layer's parameters are counted."""
+    """How a ternary layer's parameters are counted (each form dense or sparse, whichever is smaller)."""
 
-    CODES2 = "codes2"  # official: 2 bits per non-zero, plus the mask
-    SIGN1 = "sign1"  # the mask says non-zero, 1 bit the sign
+    CODES2 = "codes2"  # official: 2 bits per non-zero plus the mask, or 2 bits per code dense
+    SIGN1 = "sign1"  # EC2T: the mask says non-zero, 1 bit the sign; or 2 bits per code dense
+    DENSE2 = "dense2"  # MIT (ProxylessNAS + TTQ): 2 bits per code dense whatever the zeros
 
 
 class TernaryMults(enum.StrEnum):
@@ -26,6 +27,13 @@ class TernaryMults(enum.StrEnum):
 
     DENSE = "dense"  # official: one per weight
     FACTORIZED = "factorized"  # EC2T: sum the +1 and -1 inputs, then 2 mults per output
+
+
+class Accumulation(enum.StrEnum):
+    """How the additions of a layer's dot products are weighted."""
+
+    FLAT = "flat"  # every add at the layer's accumulator width
+    TREE = "tree"  # RL1: per level of a binary adder tree, at the widths the spec's acc_tree proves
 
 
 # Dataset -> (num_classes, in_channels, input_size); imagenet's size is the architecture's native
@@ -51,11 +59,13 @@ class ScoreConfig:
     ternary_storage: TernaryStorage = TernaryStorage.CODES2
     ternary_mults: TernaryMults = TernaryMults.DENSE
     infer: bool = False
+    accumulation: Accumulation = Accumulation.FLAT
 
     def validate(self) -> ScoreConfig:
         """BadInput for a choice out of its set (plain strings from Python are accepted)."""
         self.ternary_storage = parse_choice(TernaryStorage, self.ternary_storage, "--ternary-storage")
         self.ternary_mults = parse_choice(TernaryMults, self.ternary_mults, "--ternary-mults")
+        self.accumulation = parse_choice(Accumulation, self.accumulation, "--accumulation")
         return self
 
 
@@ -103,6 +113,7 @@ def _score_kwargs(cfg: ScoreConfig) -> dict:
         "ternary_storage": cfg.ternary_storage.value,
         "ternary_mults": cfg.ternary_mults.value,
         "infer": cfg.infer,
+        "accumulation": cfg.accumulation.value,
     }
 
 
@@ -195,6 +206,12 @@ def run(cfg: ScoreConfig) -> dict:
             "give exactly one of an artifact or --arch",
             hint="mncli score model.safetensors, mncli score model.onnx, or mncli score --arch wrn-28-10 "
             "--dataset cifar100",
+        )
+    if cfg.artifact is not None and cfg.arch_opts:
+        raise BadInput(
+            "--arch-opt only applies with --arch (no artifact): an artifact records its architecture",
+            hint=f"drop --arch-opt, or score the architecture: mncli score --arch NAME --arch-opt "
+            f"{next(iter(cfg.arch_opts))}=...",
         )
     cfg.validate()
     if cfg.arch is not None:
