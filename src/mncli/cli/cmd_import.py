@@ -23,6 +23,8 @@ HELP = "\n\n".join(
         "`mncli inspect CHECKPOINT` lists them): it is renamed onto our architecture with the options "
         "that give the same logits, and the layout is printed. Otherwise the keys must fit --arch as "
         "they are. Every key and shape must match, or the differences are listed and nothing is written.",
+        "Layers whose weights hold only -wn, 0 and +wp (in any float dtype) are recorded as ternary, so "
+        "`score` charges them as ternary and later stages keep them so.",
         "Examples:",
         "  mncli import efficientnet_b1.pth -o b1.safetensors",
         "  mncli import proxyless.pth --config net.config -o proxyless.safetensors",
@@ -85,6 +87,7 @@ def register(app: typer.Typer) -> None:
         table.add_row("arch", result["arch"]["name"])
         table.add_row("tensors", str(result["tensors"]))
         table.add_row("parameters", fmt_num(result["params"]))
+        table.add_row("ternary layers", str(result["ternary_layers"]))
         if result["replaced_objects"]:
             table.add_row("not loaded", ", ".join(result["replaced_objects"]))
         output.emit(result, as_json=as_json, table=table, out_path=str(out))

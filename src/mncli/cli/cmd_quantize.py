@@ -1,5 +1,5 @@
 """`mncli quantize`: n-bit weights and activations per layer (LSQ/PACT/DoReFa QAT or PTQ), fp16, and
-checked accumulator widths."""
+checked accumulator widths (one claim, or a width per adder-tree level)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from mncli.text import fmt_pct
 
 HELP = """Quantize weights and input activations to n bits, layer by layer, and fine-tune (LSQ by default).
 
-Bits are 2-8 (integer codes), 16 (half precision for real) or 32 (leave fp32); the first and the last layer get 8 bits unless you ask for more. Ternary layers from `ternarize` keep their weights (only their inputs are quantized) and pruned zeros stay zero. `mncli eval` of the output runs exactly the quantized network.
+Bits are 2-8 (integer codes), 16 (half precision for real) or 32 (leave fp32); the first and the last layer get 8 bits unless you ask for more. Ternary layers (from `ternarize`, or recognised by `import`) keep their weights (only their inputs are quantized), so do int layers given no new integer bits: --fp16 never turns them into fp16 values. Pruned zeros stay zero. `mncli eval` of the output runs exactly the quantized network.
+
+--accumulator-tree proves the width of each level of a binary adder tree (the products added in pairs, the pairs in pairs, ...) by integer simulation on the validation split and records it in the layer specs (acc_tree), for `mncli score --accumulation tree`.
 
 Recipe keys (glob patterns over layer names): weight_bits, act_bits, per_channel, e.g. layers: {"classifier": {weight_bits: 6}, "layer3.*": {act_bits: 8}}
 
@@ -37,6 +39,8 @@ Examples:
   mncli quantize fp.safetensors -d fashion-mnist --ptq --calibration percentile -w 8 -a 8 -o p8.safetensors
 
   mncli quantize fp.safetensors -d fashion-mnist -w 8 -a 8 --accumulator-bits 20 --fp16 -o q8.safetensors
+
+  mncli quantize fp.safetensors -d fashion-mnist -w 6 -a 6 --accumulator-tree -o q6.safetensors
 """  # noqa: E501 - one source line per paragraph; the terminal wraps it
 
 
@@ -83,8 +87,19 @@ def register(app: typer.Typer) -> None:
         ] = 32,
         accumulator_batches: Annotated[
             int | None,
-            method_option("--accumulator-batches", help="Validation batches for that check (default: all)."),
+            method_option(
+                "--accumulator-batches",
+                help="Validation batches for the accumulator checks (default: all).",
+            ),
         ] = None,
+        accumulator_tree: Annotated[
+            bool,
+            method_option(
+                "--accumulator-tree",
+                help="Prove by integer simulation on the validation split the signed bits each level of "
+                "a binary adder tree needs, per integer layer (spec acc_tree).",
+            ),
+        ] = False,
         pact_decay: Annotated[
             float | None, method_option("--pact-decay", help="L2 on PACT's clip (default: --weight-decay).")
         ] = None,
@@ -95,7 +110,7 @@ def register(app: typer.Typer) -> None:
             weight_bits=weight_bits, act_bits=act_bits, first_last_bits=first_last_bits, method=method,
             ptq=ptq, calibration=calibration, percentile=percentile, calib_batches=calib_batches,
             fp16=fp16, accumulator_bits=accumulator_bits, accumulator_batches=accumulator_batches,
-            recipe=recipe, pact_decay=pact_decay,
+            accumulator_tree=accumulator_tree, recipe=recipe, pact_decay=pact_decay,
         )  # fmt: skip
         result = run(inp, out, config, train)
         if other_rank(result):  # under torchrun rank 0 alone prints
@@ -104,8 +119,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _acc(row: dict) -> str:
-    needed = row.get("acc_bits_needed")
-    return f"{row['acc_bits']} (needs {needed})" if needed is not None else str(row["acc_bits"])
+    needed, tree = row.get("acc_bits_needed"), row.get("acc_tree")
+    text = f"{row['acc_bits']} (needs {needed})" if needed is not None else str(row["acc_bits"])
+    return f"{text}, tree {'/'.join(map(str, tree))}" if tree else text
 
 
 def _score(value: float | None) -> str:

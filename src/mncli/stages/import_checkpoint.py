@@ -6,6 +6,11 @@ ProxylessNAS, EC2T, ...); the layout renames it onto one of our architectures an
 arguments that reproduce the source implementation's forward pass. A checkpoint in no known layout
 is taken as it is and must fit `--arch` exactly. Either way every key and shape must match, or the
 differences are listed and nothing is written.
+
+The weights' structure is recorded where it is certain: a conv/linear weight holding only {-wn, 0,
++wp}, whatever float dtype the checkpoint stored, gets the ternary layer spec `ternarize` writes, so
+later stages keep it ternary and `score` charges it so. Integer-grid weights are left float: without
+the quantizer's scale they are no int spec.
 """
 
 from __future__ import annotations
@@ -165,19 +170,49 @@ def load_checkpoint(checkpoint: Path, config: ImportConfig):
     return model, params
 
 
+def ternary_layer_specs(model) -> dict[str, dict]:
+    """The ternary spec of every conv/linear layer whose weight holds only {-wn, 0, +wp} (two or three
+    distinct values), as `ternarize` writes it, with method "import"."""
+    from mncli.compress.recipe import compute_layers
+    from mncli.compress.ternary.common import ternary_specs
+    from mncli.scoring.weights import infer_format
+
+    modules = dict(model.named_modules())
+    stats = {}
+    for name in compute_layers(model):
+        weight = modules[name].weight.detach()
+        if infer_format(weight).format != "ternary":
+            continue
+        nnz, numel = int((weight != 0).sum()), weight.numel()
+        stats[name] = {
+            "wp": max(float(weight.max()), 0.0),
+            "wn": max(float(-weight.min()), 0.0),
+            "nnz": nnz,
+            "numel": numel,
+            "sparsity": 1.0 - nnz / numel,
+        }
+    return ternary_specs({}, stats, "import", {})
+
+
 def run(checkpoint: Path, out: Path, config: ImportConfig) -> dict[str, Any]:
     from mncli.artifact import check_output
     from mncli.bundle import Bundle, save_bundle
 
     check_output(out, checkpoint)
     model, params = load_checkpoint(checkpoint, config)
-    manifest = save_bundle(Bundle(model=model, arch=model.arch), out, stage="import", params=params)
+    specs = ternary_layer_specs(model)
+    if specs:
+        names = ", ".join(list(specs)[:6]) + (", ..." if len(specs) > 6 else "")
+        log(f"{len(specs)} ternary layers recognised: {names}")
+    bundle = Bundle(model=model, arch=model.arch, specs=specs)
+    manifest = save_bundle(bundle, out, stage="import", params=params)
     return {
         "output": str(out),
         "arch": model.arch,
         "layout": params["layout"],
         "tensors": len(model.state_dict()),
         "params": sum(p.numel() for p in model.parameters()),
+        "ternary_layers": len(specs),
         "checkpoint_sha256": params["checkpoint_sha256"],
         "replaced_objects": params.get("replaced_objects", []),
         "content_sha256": manifest.get("content_sha256"),

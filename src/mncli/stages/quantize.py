@@ -1,11 +1,13 @@
 """Stage `quantize`: n-bit weights and input activations per layer (LSQ, PACT, DoReFa QAT, or PTQ),
-optional fp16 for what stays float, and an accumulator-width claim checked by integer simulation.
+optional fp16 for what stays float, an accumulator-width claim checked by integer simulation, and
+the binary adder tree's width per level proved by integer simulation (`--accumulator-tree`).
 
-Ternary layers keep their weights (only their inputs are quantized) and pruned zeros stay zero. The
-saved model holds real values: int weights = code * scale, deployed act quantizers with their scales,
-so `mncli eval` of the output runs exactly the quantized network. The training defaults are the LSQ
-paper's fine-tuning settings for 2-4 bit networks (SGD, cosine, lr 0.01, weight decay 1e-4), for a
-few epochs since the input is a trained network.
+Ternary layers keep their weights (only their inputs are quantized), so do int layers no new bits are
+planned for (they never become fp16), and pruned zeros stay zero. The saved model holds real values:
+int weights = code * scale, deployed act quantizers with their scales, so `mncli eval` of the output
+runs exactly the quantized network. The training defaults are the LSQ paper's fine-tuning settings
+for 2-4 bit networks (SGD, cosine, lr 0.01, weight decay 1e-4), for a few epochs since the input is a
+trained network.
 
     run(input, out, QuantizeConfig(weight_bits=4, act_bits=4), TrainOptions(dataset="fashion-mnist"))
 """
@@ -53,6 +55,7 @@ class QuantizeConfig:
     fp16: bool = False
     accumulator_bits: int = 32
     accumulator_batches: int | None = None  # None: the whole validation split
+    accumulator_tree: bool = False  # prove each adder-tree level's width: spec acc_tree
     recipe: Path | None = None
     pact_decay: float | None = None  # L2 on PACT's alpha; None: the weight decay
 
@@ -99,7 +102,14 @@ class Quantization:
 
     def check(self, model, specs: dict, arch: dict, options: TrainOptions) -> None:
         self.config.validate()
-        self._plans(model, specs)
+        plans = self._plans(model, specs)
+        if self.config.accumulator_tree and not any(
+            (p.int_weight or p.keeps_codes) and p.int_act for p in plans.values()
+        ):
+            raise BadInput(
+                "--accumulator-tree: no layer has integer weights and integer activations",
+                hint="quantize weights and activations (e.g. --weight-bits 8 --act-bits 8) too",
+            )
 
     def apply(self, run: Run) -> dict:
         from mncli.compress.quant import qat
@@ -117,19 +127,23 @@ class Quantization:
         model.to(device)
         specs = qat.bake(model, plans, run.specs)
         fp16_layers = qat.apply_fp16(model, plans, specs)
+        kept_int = sum(p.keep_int for p in plans.values())
+        if kept_int:
+            log(f"{kept_int} int layers keep their weights as they are (no new integer bits planned)")
         needed = {}
         if cfg.accumulator_bits < 32:
             needed = self._check_accumulators(model, specs, run.data, device)
             if len(needed) < len(plans):
                 log(f"{len(plans) - len(needed)} layers are not integer x integer: accumulators stay 32 bits")
-        self._record_specs(specs, plans, needed, fp16_layers)
+        trees = self._prove_trees(model, specs, run.data, device) if cfg.accumulator_tree else {}
+        self._record_specs(specs, plans, needed, fp16_layers, trees)
         run.specs.clear()
         run.specs.update(specs)
         model.eval()
         run.record = {
             "method": method, "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits,
             "first_last_bits": cfg.first_last_bits, "fp16": cfg.fp16,
-            "accumulator_bits": cfg.accumulator_bits,
+            "accumulator_bits": cfg.accumulator_bits, "accumulator_tree": cfg.accumulator_tree,
         }  # fmt: skip
         return {
             "method": method,
@@ -138,6 +152,7 @@ class Quantization:
             "ternary_layers": sum(p.ternary for p in plans.values()),
             "fp16_layers": len(fp16_layers),
             "accumulator_bits": cfg.accumulator_bits,
+            "accumulator_tree_layers": sum(bool(levels) for levels in trees.values()),
             "layers": _layer_rows(model, specs, plans),
         }
 
@@ -188,7 +203,7 @@ class Quantization:
             callbacks = [_callback(qparams, pact_decay)]
             # int weights keep their zeros inside the fake-quant wrapper; layers trained as floats need this:
             float_layers = {
-                n: specs[n] for n, p in plans.items() if n in specs and not (p.int_weight or p.ternary)
+                n: specs[n] for n, p in plans.items() if n in specs and not (p.int_weight or p.keeps_codes)
             }
             keep = keep_pruned(model, float_layers)
             if keep is not None:
@@ -202,14 +217,31 @@ class Quantization:
         ranges = simulate_accumulators(model, specs, data.val, device, self.config.accumulator_batches)
         return check_claim(ranges, self.config.accumulator_bits)
 
-    def _record_specs(self, specs: dict, plans: dict, needed: dict, fp16_layers: list) -> None:
+    def _prove_trees(self, model, specs: dict, data, device) -> dict[str, list[int]]:
+        """Integer simulation of every integer layer's binary adder tree on the validation split."""
+        from mncli.compress.quant.accumulator import simulate_tree
+
+        trees = simulate_tree(model, specs, data.val, device, self.config.accumulator_batches)
+        widths = [bits for levels in trees.values() for bits in levels]
+        if widths:
+            proved = sum(bool(levels) for levels in trees.values())
+            depth = max(len(levels) for levels in trees.values())
+            bits = f"{min(widths)}..{max(widths)} bits"
+            log(f"tree widths proved for {proved} layers (levels 1..{depth}: {bits})")
+        return trees
+
+    def _record_specs(self, specs: dict, plans: dict, needed: dict, fp16_layers: list, trees: dict) -> None:
         cfg = self.config
         method = f"ptq-{cfg.calibration.value}" if cfg.ptq else cfg.method.value
         for name, plan in plans.items():
             spec = specs[name]
             spec["acc_bits"] = cfg.accumulator_bits if name in needed else 32
+            spec.pop("acc_bits_needed", None)  # an input's proofs do not hold for the new weights
+            spec.pop("acc_tree", None)
             if name in needed:
                 spec["acc_bits_needed"] = needed[name]
+            if trees.get(name):  # a layer whose outputs sum at most one product has no adds
+                spec["acc_tree"] = trees[name]
             if plan.int_weight or plan.int_act:
                 spec["quant_method"] = method
             elif name in fp16_layers:
@@ -240,8 +272,9 @@ def _drop_old_quantizers(model, plans) -> int:
     from mncli.models.quantized import WEIGHT_SCALE, remove_act_quantizers
 
     modules = dict(model.named_modules())
-    for name in plans:
-        modules[name]._buffers.pop(WEIGHT_SCALE, None)
+    for name, plan in plans.items():
+        if not plan.keep_int:
+            modules[name]._buffers.pop(WEIGHT_SCALE, None)
     return remove_act_quantizers(model)
 
 
@@ -269,6 +302,7 @@ def _layer_rows(model, specs: dict, plans: dict) -> list[dict]:
                 "act_signed": act.get("signed"),
                 "acc_bits": int(spec.get("acc_bits", 32)),
                 "acc_bits_needed": spec.get("acc_bits_needed"),
+                "acc_tree": spec.get("acc_tree"),
             }
         )
     return rows

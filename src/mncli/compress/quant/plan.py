@@ -1,7 +1,9 @@
 """Which bits each layer gets: command-line defaults, first/last layer at 8 bits, recipe overrides, and
 what earlier stages decided (ternary weights stay ternary; masks stay, see `qat`).
 
-Bits: 2-8 are integer codes, 16 is IEEE half precision for real, 32 leaves the tensor as it is.
+Bits: 2-8 are integer codes, 16 is IEEE half precision for real, 32 leaves the tensor as it is. A layer
+whose input weights already are codes (ternary, or int with its `weight_scale`) keeps them unless the
+plan gives it new integer bits: --fp16 never turns codes into fp16 values.
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ class LayerPlan:
     act_bits: int  # 2-8 int codes, 16 fp16, 32 none
     per_channel: bool = False
     ternary: bool = False  # weights stay ternary; only the activations are quantized
+    keep_int: bool = False  # the input's int weights stay as they are (no new integer bits planned)
 
     @property
     def int_weight(self) -> bool:
         return not self.ternary and self.weight_bits in INT_BITS
+
+    @property
+    def keeps_codes(self) -> bool:
+        """The weights are the input's ternary or int codes, kept (frozen while training)."""
+        return self.ternary or self.keep_int
 
     @property
     def int_act(self) -> bool:
@@ -89,8 +97,9 @@ def plan_layers(
         spec = specs.get(name, {})
         weight_spec = spec.get("weight") or {}
         plan.ternary = weight_spec.get("format") == "ternary"
+        plan.keep_int = weight_spec.get("format") == "int" and plan.weight_bits not in INT_BITS
         if fp16:
-            plan.weight_bits = 16 if plan.weight_bits == 32 else plan.weight_bits
+            plan.weight_bits = 16 if plan.weight_bits == 32 and not plan.keeps_codes else plan.weight_bits
             plan.act_bits = 16 if plan.act_bits == 32 else plan.act_bits
         plans[name] = plan
     return plans

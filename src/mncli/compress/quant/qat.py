@@ -4,7 +4,9 @@
 `prepare_ptq` sets post-training values and scales directly; `bake` turns the trained model into
 real values (int weights = code * scale, deployed act quantizers) and returns the layer specs;
 `apply_fp16` rounds what stays float to half precision for real. Layers the input has pruned (spec
-"mask": true, `kept_masks`) keep their zeros in both the trained and the post-training codes.
+"mask": true, `kept_masks`) keep their zeros in both the trained and the post-training codes; layers
+whose input weights are ternary or int codes the plan keeps (`LayerPlan.keeps_codes`) stay frozen and
+keep their format.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mncli.compress.prune.masks import kept_masks
 from mncli.compress.quant import intweights
 from mncli.compress.quant.actquant import bake_act_quantizers
 from mncli.compress.quant.dorefa import DorefaAct, DorefaWeight
-from mncli.compress.quant.fp16 import attach_fp16_act, convert_weights_fp16
+from mncli.compress.quant.fp16 import attach_fp16_act, convert_weights_fp16, round_ternary_fp16
 from mncli.compress.quant.lsq import LsqAct, LsqWeight
 from mncli.compress.quant.pact import PactAct
 from mncli.compress.quant.plan import LayerPlan
@@ -63,7 +65,7 @@ def prepare_qat(
     params = QuantParams()
     for name, plan in plans.items():
         module = modules[name]
-        if plan.ternary:
+        if plan.keeps_codes:
             intweights.freeze_weight(module)
         elif plan.int_weight:
             weight_cls = LsqWeight if method == "lsq" else DorefaWeight
@@ -135,7 +137,9 @@ def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) 
         elif plan.ternary:
             module.weight.requires_grad_(True)
             continue
-        else:  # left as it is: fp32 values (an earlier int or fp16 claim no longer holds a scale)
+        elif plan.keep_int:  # the input's codes and spec, with its weight_scale
+            module.weight.requires_grad_(True)
+        else:  # trained as floats: fp32 values (an earlier fp16 claim no longer holds)
             spec["weight"] = {"format": "float", "bits": 32}
             continue
         try:  # what the codec will store: exactly code * scale, codes in the signed b-bit range
@@ -148,16 +152,20 @@ def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) 
 
 
 def apply_fp16(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) -> list[str]:
-    """Round the layers planned at 16 bits to fp16 for real; returns their names."""
+    """Round the float layers planned at 16 bits to fp16 for real; returns their names. Ternary and int
+    layers keep their codes; a ternary layer with fp16 inputs computes in fp16, so its wp, wn (and
+    bias) are rounded to fp16 values, which its spec records."""
     modules = dict(model.named_modules())
     converted = []
     for name, plan in plans.items():
         module, spec = modules[name], specs.setdefault(name, {})
-        if plan.weight_bits == 16 and not plan.ternary:
+        if plan.weight_bits == 16 and not plan.keeps_codes:
             convert_weights_fp16(module)
             spec["weight"] = {"format": "float", "bits": 16}
             converted.append(name)
         if plan.act_bits == 16:
             attach_fp16_act(module)
             spec["act"] = {"bits": 16, "signed": True, "method": "fp16"}
+            if plan.ternary:
+                spec["weight"]["wp"], spec["weight"]["wn"] = round_ternary_fp16(module)
     return converted
