@@ -13,6 +13,7 @@ RUNS := runs/fashion-mnist
 JOBS ?= 2
 
 .PHONY: install data test test-all lint format demo fashion-mnist fashion-mnist-baseline fashion-mnist-search bench gpu-check clean help
+.PHONY: reproduce-ec2t-cifar100 reproduce-mit-cifar100 reproduce-rl1-cifar100
 
 help:
 	@echo "make demo         install everything, run the compression pipeline on Fashion-MNIST (minutes)"
@@ -23,6 +24,10 @@ help:
 	@echo "make fashion-mnist-search  search under 5M ops, then searched net vs fmnist-net over 3 seeds"
 	@echo "make bench        benchmarks; results in bench/results/"
 	@echo "make gpu-check    every stage on CUDA GPUs (one, then all via torchrun) vs CPU; bench/results/gpu_check.json"
+	@echo "make reproduce-ec2t-cifar100  EC2T's entry: scale grid -> ternarize ec2t -> fp16 -> score (GPU days)"
+	@echo "make reproduce-mit-cifar100   MIT's entry: search -> train -> ternarize ttq --variant mit -> score"
+	@echo "make reproduce-rl1-cifar100   reweighted L1: train -> prune reweighted-l1 -> quantize 6/8 bit -> score"
+	@echo "                  SMOKE=1: the same chain on a small CIFAR-100 (about a minute); DIR=, DATA_DIR=, DOWNLOAD=1"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,12 +56,12 @@ test-all: install
 	$(PY) -m pytest -p no:cacheprovider
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench examples
-	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples reproduce
+	$(VENV)/bin/ruff format --check src tests bench examples reproduce
 
 format: $(VENV)/.installed
-	$(VENV)/bin/ruff format src tests bench examples
-	$(VENV)/bin/ruff check --fix src tests bench examples
+	$(VENV)/bin/ruff format src tests bench examples reproduce
+	$(VENV)/bin/ruff check --fix src tests bench examples reproduce
 
 # The demo: a small network through every stage on Fashion-MNIST, in a few minutes on 2 CPU cores.
 demo: install
@@ -83,6 +88,15 @@ bench: install
 # exits 2 on a machine without CUDA. GPU_CHECK_OPTS, e.g. "--gpus 2 --precisions bf16" or "--dry-run".
 gpu-check: install
 	@$(PY) bench/gpu_check.py $(GPU_CHECK_OPTS)
+
+# The 2019 CIFAR-100 entries, each from its recipe reproduce/NAME.yaml, into runs/reproduce/NAME (DIR=...);
+# SMOKE=1 runs the same chain on a small CIFAR-100 it writes, in runs/reproduce-smoke/NAME. A re-run
+# skips the finished steps and continues an interrupted one (reproduce/README.md).
+reproduce-ec2t-cifar100 reproduce-mit-cifar100 reproduce-rl1-cifar100: reproduce-%: install
+	$(PY) reproduce/run.py reproduce/$*.yaml \
+		--dir $(or $(DIR),runs/$(if $(filter 1,$(SMOKE)),reproduce-smoke,reproduce)/$*) \
+		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+		$(if $(filter 1,$(DOWNLOAD)),--download)
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .ruff_cache
