@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 from mncli.data import load_data
 from mncli.engine import TrainConfig, fit
@@ -157,7 +158,7 @@ def main() -> None:
         "ratio": round(medians["engine"] / medians["plain_fp32"], 2),
         "engine_runtime": runtime,
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": len(os.sched_getaffinity(0)),
             "threads": threads,
             "python": platform.python_version(),
@@ -169,16 +170,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("images_per_s", "ratio")}))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -77,3 +77,19 @@ def tiny_artifact(
     path = Path(path)
     save_bundle(bundle_from_arch(arch, args), path, stage=stage, weights=weights, metrics=metrics)
     return path
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...], counts: dict[str, int], seed: int = 0) -> Path:
+    """root/imagenet/<split>/<class>/<i>.jpg: random 30x40 JPEGs, `counts[split]` per class; returns
+    root (the --data-dir)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for cls in classes:
+            target = root / "imagenet" / split / cls
+            target.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(target / f"{i}.jpg")
+    return root

@@ -19,6 +19,7 @@ HELP = "\n\n".join(
         "Examples:",
         "  mncli eval fp.safetensors",
         "  mncli eval fp.safetensors --dataset fashion-mnist --split val --json",
+        "  mncli eval b1.safetensors --image-size 256",
     ]
 )
 SplitOpt = Annotated[
@@ -29,6 +30,10 @@ SplitOpt = Annotated[
     ),
 ]  # fmt: skip
 EvalBatchSize = train_option("batch_size", "Evaluation batch size.")
+EvalImageSize = train_option(
+    "image_size",
+    "ImageNet: evaluate at N px (resize N/0.875, centre crop N) (default: the artifact's resolution).",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +44,7 @@ def register(app: typer.Typer) -> None:
         split: SplitOpt = Split.TEST,
         data_dir: DataDir = None,
         download: Download = False,
+        image_size: EvalImageSize = None,
         batch_size: EvalBatchSize = 256,
         device: Device = "auto",
         as_json: Json = False,
@@ -48,7 +54,7 @@ def register(app: typer.Typer) -> None:
 
         config = EvalConfig(
             input=inp, dataset=dataset, split=split, data_dir=data_dir, download=download,
-            batch_size=batch_size, device=device,
+            batch_size=batch_size, device=device, image_size=image_size,
         )  # fmt: skip
         result = run(config)
         if other_rank(result):  # under torchrun rank 0 alone prints

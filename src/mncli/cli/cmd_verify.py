@@ -58,6 +58,12 @@ Dataset = train_option(
 DataDir = train_option("data_dir", panel=DATA)
 Download = train_option("download", panel=DATA)
 BatchSize = train_option("batch_size", "Evaluation batch size.", panel=DATA)
+ImageSize = train_option(
+    "image_size",
+    "ImageNet: measure at N px (default: the size the manifest's metrics were measured at; at another "
+    "size the numbers are shown, not compared).",
+    panel=DATA,
+)
 Device = train_option("device", panel=DATA)
 
 
@@ -151,6 +157,7 @@ def register(app: typer.Typer) -> None:
         dataset: Dataset = None,
         data_dir: DataDir = None,
         download: Download = False,
+        image_size: ImageSize = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
         acc_tolerance: AccTolerance = ACC_TOLERANCE,
@@ -161,7 +168,7 @@ def register(app: typer.Typer) -> None:
 
         config = VerifyConfig(
             input=artifact, reproduce=reproduce, dataset=dataset, data_dir=data_dir, download=download,
-            batch_size=batch_size, device=device, acc_tolerance=acc_tolerance,
+            batch_size=batch_size, device=device, acc_tolerance=acc_tolerance, image_size=image_size,
         )  # fmt: skip
         report = run(config)
         output.emit(report, as_json=as_json, table=render(report))

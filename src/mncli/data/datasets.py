@@ -33,6 +33,9 @@ MEAN_STD = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
+IMAGENET_SIZE = 224  # imagenet's resolution when neither the model nor --image-size gives one
+IMAGE_SIZES = (16, 1024)  # the --image-size accepted (only imagenet is resized: the others have theirs)
+
 # Per-dataset augmentation defaults: no flips for digits (a flipped 2 is not a 2).
 DEFAULT_AUGMENT = {
     "fashion-mnist": Augment(crop=2, flip=True),
@@ -81,6 +84,25 @@ def scoring_task(dataset: str | None) -> str:
     """The task a network for `dataset` is scored as: the dataset's canonical name (mncli.scoring
     scores the ones without constants of their own against cifar100's, saying so), cifar100 when none."""
     return canonical_name(dataset) if dataset else "cifar100"
+
+
+def check_image_size(size: int) -> int:
+    """`size` when it is a resolution --image-size accepts (IMAGE_SIZES), else BadInput."""
+    low, high = IMAGE_SIZES
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        raise BadInput(f"--image-size must be {low} to {high} px, got {size}", hint="e.g. --image-size 224")
+    return size
+
+
+def _check_fixed_size(name: str, shape: tuple[int, ...], image_size: int | None) -> None:
+    """BadInput for an image size other than the one a dataset of fixed size has (CHW `shape`)."""
+    height, width = shape[1:]
+    if image_size is not None and (image_size, image_size) != (height, width):
+        size = f"{height}" if height == width else f"{height}x{width}"
+        raise BadInput(
+            f"{name} images are {size} px; --image-size {image_size} applies to imagenet only",
+            hint="drop --image-size: only imagenet is resized",
+        )
 
 
 def default_augment(name: str) -> Augment:
@@ -135,6 +157,7 @@ def _tensor_bundle(
         mean=list(mean),
         std=list(std),
         image_shape=list(images.shape[1:]),
+        transforms={"train": f"augment {augment.describe()}", "eval": "as stored"},
         num_classes=num_classes,
     )
     return DataBundle(
@@ -252,12 +275,16 @@ def load_data(
 
     val_size: images held out of the training set for validation (default 5,000 for the 10/100-class
     sets, 10% for synthetic, 10,000 for imagenet). seed: the split seed. augment: the training
-    augmentation (default: per dataset). image_size: imagenet only (default 224)."""
+    augmentation (default: per dataset). image_size: the resolution imagenet is read at (default
+    IMAGENET_SIZE); the other datasets have a fixed size, and any other image_size is BadInput."""
     base = canonical_name(name)
     augment = DEFAULT_AUGMENT[base] if augment is None else augment
+    if image_size is not None:
+        check_image_size(image_size)
     if base == "synthetic":
         opts = parse_synthetic(name)
         shape, classes = opts["shape"], opts["classes"]
+        _check_fixed_size(name, shape, image_size)
         mean_std = ((0.5,) * shape[0], (0.29,) * shape[0])
         info = {"source": "synthetic", "options": {**opts, "shape": list(shape)}}
         return _tensor_bundle(
@@ -273,6 +300,8 @@ def load_data(
             batch_size=batch_size,
             info=info,
         )
+    if base != "imagenet":
+        _check_fixed_size(base, _IMAGE_SHAPES[base], image_size)
     folder = locate(base, data_dir, download)
     if base == "imagenet":
         from mncli.data.imagenet import imagenet_bundle
@@ -284,7 +313,7 @@ def load_data(
             seed=seed,
             subset=subset,
             batch_size=batch_size,
-            image_size=image_size or 224,
+            image_size=image_size or IMAGENET_SIZE,
             mean_std=MEAN_STD[base],
         )
     num_classes, read_train, read_test = _file_loaders(base, folder)

@@ -1,4 +1,7 @@
-"""The imagenet dataset: an ImageFolder tree; validation carved from train/, test = the val/ folder."""
+"""The imagenet dataset: an ImageFolder tree; validation carved from train/, test = the val/ folder.
+
+Every split is read at one `image_size` (the stage chooses it: see stages/training.py
+`image_size_choice`); the data info records it as `image_shape`, with the transforms."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import torch
 
 from mncli.data.augment import Augment
 from mncli.data.datasets import DataBundle, _split_indices
-from mncli.data.folder import FolderSplit, scan_folder
+from mncli.data.folder import FolderSplit, describe_transforms, eval_resize, scan_folder
 from mncli.errors import BadInput
 
 
@@ -66,6 +69,8 @@ def imagenet_bundle(
         "mean": list(mean),
         "std": list(std),
         "image_shape": [3, image_size, image_size],
+        "eval_resize": eval_resize(image_size),
+        "transforms": describe_transforms(image_size, augment),
         "num_classes": len(classes),
     }
     return DataBundle(

@@ -5,8 +5,9 @@ layers, targets, formats, so a typo fails at once) and `apply` (prepare the mode
 callbacks through `run.train`, bake real values back into the layers and write their specs). The file
 stage around it, `run_stage`, is the same for every method:
 
-    input bundle -> data at the input's resolution -> accuracy and score before -> method.apply(run)
-    -> accuracy and score after -> output artifact with lineage, params["train"] and the method's record
+    input bundle -> data (ImageNet at the input's resolution, or --image-size) -> accuracy and
+    score before -> method.apply(run) -> accuracy and score after -> output artifact with lineage,
+    params["train"] and the method's record
 
 The in-memory API (`mncli.prune(model, ...)`) calls `method.check` and `method.apply` on a `Run` it
 builds from a model, without files.
@@ -40,6 +41,8 @@ from mncli.stages.training import (
     check_teacher,
     check_writable,
     final_metrics,
+    input_size_of,
+    loading_line,
     remove_checkpoints,
     run_training,
 )
@@ -208,13 +211,6 @@ def score_or_none(model, specs: dict, arch: dict, dataset: str) -> dict | None:
         return None
 
 
-def input_image_size(arch: dict, dataset: str) -> int | None:
-    """The resolution to load the data at: the input's own for ImageNet (scaled networks), else None."""
-    if dataset != "imagenet":
-        return None
-    return int(arch.get("args", {}).get("input_size", 224))
-
-
 def run_stage(method: CompressionMethod, input: Path, out: Path, train: TrainOptions) -> dict:
     """The file stage: load INPUT, compress with `method`, save OUT; returns the command's result.
     The dataset is the one `train` names, else the one the input was trained on. Under torchrun
@@ -238,12 +234,13 @@ def _run_stage(method: CompressionMethod, input: Path, out: Path, opts: TrainOpt
     bundle = load_bundle(input, require_weights=True)
     model, specs, arch = bundle.model, copy.deepcopy(bundle.specs), copy.deepcopy(bundle.arch)
     method.check(model, specs, arch, opts)
-    data = opts.load_data(image_size=input_image_size(arch, opts.dataset))
+    data = opts.load_data(input_size_of(arch), "the input's resolution")
     check_model_fits_data(arch, data, what=str(input))
     if opts.teacher is not None:
         check_teacher(Path(opts.teacher), data)
     score_before = score_or_none(model, specs, arch, data.name) if ranks.is_main else None
     model.to(ranks.device or resolve_device(opts.device))
+    log(loading_line(data))
     before = final_metrics(model, data)  # under torchrun each rank measures its share
     log(f"before: val acc {before.get('val_acc', 0):.4f}, test acc {before.get('test_acc', 0):.4f}")
     run = Run(model=model, specs=specs, arch=arch, data=data, options=opts, out=out)

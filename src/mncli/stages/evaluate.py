@@ -1,7 +1,9 @@
 """`mncli eval`: top-1, top-5 and mean loss of an artifact on a dataset's validation or test split.
 
 The validation split is the one the artifact was trained against: its manifest's split seed and size
-are reused, so `eval --split val` reproduces the number `train` recorded."""
+are reused, so `eval --split val` reproduces the number `train` recorded. ImageNet is read at the
+artifact's resolution (its architecture's input_size), or at --image-size; `verify --reproduce` asks
+for the resolution the manifest's metrics were measured at (`at_recorded_size`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mncli.errors import BadInput
-from mncli.stages.training import SPLIT_SEED, check_model_fits_data
+from mncli.log import log
+from mncli.stages.training import (
+    SPLIT_SEED,
+    check_input_size,
+    check_model_fits_data,
+    image_size_choice,
+    input_size_of,
+    loading_line,
+)
 from mncli.text import parse_choice
 
 
@@ -31,12 +41,25 @@ class EvalConfig:
     download: bool = False
     batch_size: int = 256
     device: str = "auto"
+    image_size: int | None = None
+    at_recorded_size: bool = False  # imagenet by default at the manifest's image_shape, not the arch's
 
     def validate(self) -> EvalConfig:
+        from mncli.data.datasets import check_image_size
+
         self.split = parse_choice(Split, self.split, "--split")
         if self.batch_size <= 0:
             raise BadInput(f"--batch-size must be positive, got {self.batch_size}", hint="e.g. -b 256")
+        if self.image_size is not None:
+            check_image_size(self.image_size)
         return self
+
+
+def recorded_image_size(manifest: dict) -> int | None:
+    """The image size (height) the manifest's metrics were measured at, from its data's image_shape
+    [C, H, W]; None when not recorded."""
+    shape = (manifest.get("data") or {}).get("image_shape")
+    return int(shape[-2]) if isinstance(shape, list) and len(shape) == 3 else None
 
 
 def dataset_of(manifest: dict) -> str | None:
@@ -80,9 +103,10 @@ def run(config: EvalConfig) -> dict:
             f"{config.input} does not say which dataset it was trained on", hint="give --dataset D"
         )
     same_data = dataset == recorded.get("dataset")
-    image_size = None
-    if dataset == "imagenet":
-        image_size = int(bundle.arch.get("args", {}).get("input_size", 224))
+    own, whose = input_size_of(bundle.arch), "the artifact's resolution"
+    if config.at_recorded_size and same_data and recorded_image_size(bundle.manifest):
+        own, whose = recorded_image_size(bundle.manifest), "the resolution its metrics were measured at"
+    image_size, why = image_size_choice(dataset, config.image_size, own, whose)
     data = load_data(
         dataset,
         data_dir=config.data_dir,
@@ -92,17 +116,14 @@ def run(config: EvalConfig) -> dict:
         batch_size=config.batch_size,
         image_size=image_size,
     )
+    data.info["image_size_from"] = why
     check_model_fits_data(bundle.arch, data, what=str(config.input))
-    size = bundle.arch.get("args", {}).get("input_size")
-    if size is not None and int(size) != data.image_size:
-        raise BadInput(
-            f"{config.input} takes {size} px inputs but {data.name} images are {data.image_size} px",
-            hint="evaluate it on the dataset it was trained on",
-        )
+    check_input_size(bundle.arch, data, str(config.input), "evaluate it on the dataset it was trained on")
     split = {Split.VAL: lambda: data.val, Split.TEST: lambda: data.test, Split.TRAIN: lambda: data.train}
     images = split[config.split]()
     with process_group(config.device):  # under torchrun: each rank measures its share, rank 0 reports
         rt = configure(config.device, precision="fp32")  # threads as the engine sets them; fp32 arithmetic
+        log(loading_line(data))
         model = bundle.model.to(rt.device)
         channels_last = rt.channels_last and uses_4d_inputs(model)
         if channels_last:
@@ -122,5 +143,6 @@ def run(config: EvalConfig) -> dict:
         "top5": scores["top5"],
         "loss": scores["loss"],
         "count": scores["count"],
+        "image_size": data.image_size,
         "seconds": round(time.perf_counter() - started, 2),
     }

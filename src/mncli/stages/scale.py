@@ -28,6 +28,9 @@ from mncli.stages.training import (
     check_model_fits_data,
     check_writable,
     final_metrics,
+    image_size_choice,
+    input_size_of,
+    loading_line,
     remove_checkpoints,
     run_training,
 )
@@ -167,6 +170,7 @@ class _Stage:
             "seed": o.seed,
             "budget": [cfg.budget_ops, cfg.budget_params],
             "train": [o.batch_size, o.lr, o.optimizer, o.weight_decay, o.schedule, o.subset, o.val_size],
+            **({"image_size": o.image_size} if o.image_size is not None else {}),
         }
 
     def _plan(self) -> tuple[list[dict], str]:
@@ -206,25 +210,24 @@ class _Stage:
         kept = {}
         if self.opts.resume:
             kept = {r["point"]: trained_point(point_path(self.out, r["point"]), gid) for r in todo}
-        data, results = None, []
+        loaded: dict = {}  # image size -> data: ImageNet points are read at their own resolutions
+        results = []
         for record in todo:
             if kept.get(record["point"]) is not None:
                 results.append(self._kept_point(*kept[record["point"]]))
             else:
-                result, data = self._run_point(record, gid, len(records), data=data)
-                results.append(result)
+                results.append(self._run_point(record, gid, len(records), loaded))
         if point is not None:
             return results[0]
         return self.collect() if self.main else {}
 
     def _train(self, arch: dict, data, path: Path):
-        """Train a new model of `arch` from scratch, checkpointed beside the point file; returns the
-        model (its best-on-validation weights) and the engine's FitResult."""
+        """Train a new model of `arch` from scratch on `data` (`_point_data`), checkpointed beside the
+        point file; returns the model (its best-on-validation weights) and the engine's FitResult."""
         import torch
 
         from mncli.models import build_model
 
-        check_model_fits_data(arch, data, what=f"the architecture of {self.source_name}")
         torch.manual_seed(self.opts.seed)
         model = build_model(arch)
         return model, run_training(model, self.opts, data, out=path)
@@ -247,21 +250,34 @@ class _Stage:
             remove_checkpoints(path)
         return self._point_result(record, path, manifest.get("content_sha256"))
 
-    def _run_point(self, record: dict, gid: str, n_points: int, data=None) -> tuple[dict, object]:
+    def _point_data(self, arch: dict, index: int, loaded: dict):
+        """The data point `index` trains on: ImageNet at the point's resolution (or --image-size),
+        each size read once (`loaded`: size -> data); a dataset of fixed size once. BadInput when
+        the architecture does not fit the data."""
+        own = input_size_of(arch)
+        size, _ = image_size_choice(self.opts.dataset, self.opts.image_size, own, "")
+        fresh = size not in loaded
+        if fresh:
+            loaded[size] = self.opts.load_data(own, f"point {index}'s resolution")
+        check_model_fits_data(arch, loaded[size], what=f"the architecture of {self.source_name}")
+        if fresh:
+            log(loading_line(loaded[size]))
+        return loaded[size]
+
+    def _run_point(self, record: dict, gid: str, n_points: int, loaded: dict) -> dict:
         """Train one point (unless over budget) and write its point file, with the trained weights;
-        returns (result, data)."""
+        returns the point's result. `loaded`: the data read so far, by image size."""
         from mncli.scaling.grid import point_path
 
         cfg, index = self.cfg, record["point"]
         path = point_path(self.out, index)
         record = dict(record)
-        model, metrics = None, {}
+        model, metrics, data = None, {}, None
         if record["over_budget"]:
             log(f"point {index}: over budget ({record['over_budget']}), not trained")
             record["val_acc"] = record["test_acc"] = None
         else:
-            if data is None:
-                data = self.opts.load_data()
+            data = self._point_data(record["arch"], index, loaded)
             log(
                 f"point {index}/{n_points - 1}: depth x{record['depth_mult']:.3f}, "
                 f"width x{record['width_mult']:.3f}"
@@ -274,7 +290,7 @@ class _Stage:
             record["test_acc"] = metrics.get("test_acc")
             record["status"] = "trained"
         if not self.main:  # rank 0 writes the point file
-            return {}, data
+            return {}
         extra = {"scale_point": {"grid_id": gid, "phi": cfg.phi, "grid_size": n_points,
                                  "source_arch": self.source.arch, **record}}  # fmt: skip
         manifest = self._save(
@@ -284,7 +300,7 @@ class _Stage:
             model=None if model is None else model.cpu().eval(),
         )  # fmt: skip
         remove_checkpoints(path)
-        return self._point_result(record, path, manifest.get("content_sha256")), data
+        return self._point_result(record, path, manifest.get("content_sha256"))
 
     def collect(self) -> dict:
         """Choose among the point files present and write the winner, with its weights and metrics."""

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from mncli.errors import BadInput
 from mncli.log import log
-from mncli.stages.training import TrainOptions, as_record, check_writable, remove_checkpoints, run_training
+from mncli.stages.training import (
+    TrainOptions,
+    as_record,
+    check_writable,
+    loading_line,
+    remove_checkpoints,
+    run_training,
+)
 from mncli.text import parse_choice
 
 # The weight training of a search (ProxylessNAS's recipe; `epochs` are those after the warm-up).
@@ -252,6 +259,7 @@ def run(out: Path, config: SearchConfig, train: TrainOptions) -> dict:
         target = math.sqrt(low * high)
         say(f"no target given: aiming at {fmt(target, metric)} {metric}, the middle of this space")
     check_target(costs, target)
+    say(loading_line(data))
     say(
         f"search space: {len(supernet.mixed)} choice blocks, {metric} from {fmt(low, metric)} to "
         f"{fmt(high, metric)}; target {fmt(target, metric)}"

@@ -16,10 +16,13 @@ from mncli.errors import BadInput
 from mncli.log import log
 from mncli.stages.training import (
     TrainOptions,
+    check_input_size,
     check_model_fits_data,
     check_teacher,
     check_writable,
     final_metrics,
+    input_size_of,
+    loading_line,
     remove_checkpoints,
     run_training,
 )
@@ -89,7 +92,8 @@ def _bundle_from_input(path: Path, config: TrainStageConfig, seed: int):
     return bundle
 
 
-def _new_bundle(config: TrainStageConfig, data, seed: int):
+def _new_bundle(config: TrainStageConfig, data, seed: int, input_size: int | None):
+    """`config.arch` for the data's classes and channels, at `input_size` (default: the data's)."""
     import torch
 
     from mncli.bundle import bundle_from_arch
@@ -97,7 +101,7 @@ def _new_bundle(config: TrainStageConfig, data, seed: int):
     args = dict(config.arch_opts)
     args.setdefault("num_classes", data.num_classes)
     args.setdefault("in_channels", data.in_channels)
-    args.setdefault("input_size", data.image_size)
+    args.setdefault("input_size", input_size or data.image_size)
     torch.manual_seed(seed)
     return bundle_from_arch(config.arch, args)
 
@@ -119,13 +123,22 @@ def _dataset(input: Path | None, config: TrainStageConfig, asked: str | None) ->
     return dataset
 
 
-def _check_input_size(arch: dict, data) -> None:
-    size = arch.get("args", {}).get("input_size")
-    if size is not None and int(size) != int(data.image_size):
-        raise BadInput(
-            f"the model takes {size} px inputs but {data.name} images are {data.image_size} px",
-            hint="choose a model built for this dataset (see `mncli models`)",
-        )
+def _own_size(config: TrainStageConfig, bundle, dataset: str) -> tuple[int | None, str]:
+    """(the model's input size, whose it is): the input's; for --arch on imagenet the size the
+    architecture is built at (its native resolution, e.g. efficientnet-b1's 240, or --arch-opt
+    input_size); None for a dataset of fixed size, whose own the model takes."""
+    from mncli.data import canonical_name
+    from mncli.stages.score import arch_args_for
+
+    if bundle is not None:
+        return input_size_of(bundle.arch), "the input's resolution"
+    if canonical_name(dataset) != "imagenet":
+        return None, ""
+    if "input_size" in config.arch_opts:
+        return int(config.arch_opts["input_size"]), "--arch-opt input_size"
+    return int(arch_args_for(config.arch, "imagenet", config.arch_opts)["input_size"]), (
+        f"{config.arch}'s imagenet resolution"
+    )
 
 
 def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOptions) -> dict[str, Any]:
@@ -146,18 +159,21 @@ def run(input: Path | None, out: Path, config: TrainStageConfig, train: TrainOpt
 
 def _run(input: Path | None, out: Path, config: TrainStageConfig, opts: TrainOptions, ranks) -> dict:
     from mncli.bundle import save_bundle
-    from mncli.stages.compression import input_image_size
 
     bundle = _bundle_from_input(input, config, opts.seed) if input is not None else None
-    data = opts.load_data(image_size=input_image_size(bundle.arch, opts.dataset) if bundle else None)
+    own_size, whose = _own_size(config, bundle, opts.dataset)
+    data = opts.load_data(own_size, whose)
     if bundle is None:
-        bundle = _new_bundle(config, data, opts.seed)
+        bundle = _new_bundle(config, data, opts.seed, own_size)
     check_model_fits_data(
         bundle.arch, data, what=str(input) if input is not None else f"--arch {config.arch}"
     )
-    _check_input_size(bundle.arch, data)
+    check_input_size(
+        bundle.arch, data, "the model", "choose a model built for this dataset (see `mncli models`)"
+    )
     if opts.teacher is not None:
         check_teacher(Path(opts.teacher), data)
+    log(loading_line(data))
     model = bundle.model
     params = sum(p.numel() for p in model.parameters())
     log(

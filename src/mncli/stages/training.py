@@ -8,6 +8,7 @@ takes the stage's (or the method's) default, filled in by `resolved(**defaults)`
 
     opts = TrainOptions(dataset="fashion-mnist", epochs=10, lr=0.01).resolved(weight_decay=1e-4)
     data = opts.load_data()                           # train / val (held out, split seed 0) / lazy test
+    log(loading_line(data))                           # "imagenet at 240 px (the input's resolution): ..."
     result = run_training(model, opts, data, out=out, callbacks=[...], phase="finetune")
     metrics = final_metrics(model, data, result)      # val/test top-1 and top-5, history, runtime
 
@@ -75,6 +76,12 @@ class TrainOptions:
         None, "--augment", panel=DATA,
         help="default, none, or e.g. crop=4,flip,cutout=8 (default: the dataset's).",
     )  # fmt: skip
+    image_size: int | None = _option(
+        None, "--image-size", panel=DATA,
+        help="ImageNet: train at N px (random-resized-crop N) and evaluate at N px (resize N/0.875, "
+        "centre crop N) (default: the input's resolution; for --arch the architecture's own, e.g. 240 "
+        "for efficientnet-b1). The architecture is not changed. Other datasets have a fixed size.",
+    )  # fmt: skip
     epochs: int | None = _option(30, "--epochs", help="Training epochs.")
     batch_size: int | None = _option(128, "--batch-size", "-b", help="Batch size per process.")
     optimizer: str | None = _option("sgd", "--optimizer", help="sgd (nesterov), adam or adamw.")
@@ -102,9 +109,7 @@ class TrainOptions:
         help="Step schedule: epochs where the LR is multiplied by --step-gamma, e.g. 10,15.",
     )  # fmt: skip
     step_gamma: float | None = _option(0.1, "--step-gamma", help="Step schedule: the LR factor.")
-    exp_gamma: float | None = _option(
-        EXP_GAMMA, "--exp-gamma", help="Exp schedule: the LR factor per epoch."
-    )
+    exp_gamma: float | None = _option(EXP_GAMMA, "--exp-gamma", help="Exp schedule: the LR factor per epoch.")
     label_smoothing: float | None = _option(0.0, "--label-smoothing", help="Label smoothing.")
     grad_clip: float | None = _option(0.0, "--grad-clip", help="Max gradient norm (0: off).")
     max_steps_per_epoch: int | None = _option(
@@ -178,6 +183,7 @@ class TrainOptions:
     def validate(self) -> TrainOptions:
         """BadInput for any option out of range, before any data is read."""
         from mncli.data import canonical_name
+        from mncli.data.datasets import check_image_size
         from mncli.engine.config import SCHEDULES
 
         if self.dataset is not None:
@@ -195,6 +201,8 @@ class TrainOptions:
         self.config()
         if self.subset is not None and self.subset <= 0:
             raise BadInput(f"--subset must be positive, got {self.subset}", hint="e.g. --subset 2000")
+        if self.image_size is not None:
+            check_image_size(self.image_size)
         if self.val_size is not None and self.val_size < 0:
             raise BadInput(f"--val-size must be >= 0, got {self.val_size}", hint="e.g. --val-size 5000")
         if self.device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -208,17 +216,22 @@ class TrainOptions:
 
         return parse_augment(self.augment, default_augment(self.dataset))
 
-    def load_data(self, image_size: int | None = None):
-        """The dataset at `image_size` (default: its own), with the validation split of SPLIT_SEED."""
+    def load_data(self, own_size: int | None = None, whose: str = "the input's resolution"):
+        """The dataset, with the validation split of SPLIT_SEED, at the size `image_size_choice`
+        picks from --image-size and the model's input size `own_size` (`whose` says whose it is).
+        `data.info["image_size_from"]` says why; `loading_line(data)` is the line to log."""
         from mncli.data import load_data
 
         if self.dataset is None:
             raise BadInput("no dataset given", hint="add --dataset fashion-mnist (or another)")
-        return load_data(
+        size, why = image_size_choice(self.dataset, self.image_size, own_size, whose)
+        data = load_data(
             self.dataset, data_dir=self.data_dir, download=self.download, val_size=self.val_size,
             seed=SPLIT_SEED, subset=self.subset, batch_size=self.batch_size or 128,
-            augment=self.augmentation(), image_size=image_size,
+            augment=self.augmentation(), image_size=size,
         )  # fmt: skip
+        data.info["image_size_from"] = why
+        return data
 
     def params(self) -> dict:
         """The manifest's record of the run (`params["train"]`): every option that shapes the result."""
@@ -229,6 +242,41 @@ class TrainOptions:
             record["augment"] = self.augmentation().to_dict()
         record["split_seed"] = SPLIT_SEED
         return record
+
+
+def image_size_choice(dataset: str, given: int | None, own: int | None, whose: str) -> tuple[int | None, str]:
+    """(the image size to load `dataset` at, why). ImageNet: `given` (--image-size), else `own` (the
+    model's input size; `whose` names it, e.g. "the input's resolution"), else 224; an --image-size
+    other than the model's is allowed (networks with global pooling run at any size) and the reason
+    names both. A dataset of fixed size: None (its own), or `given`, which load_data refuses unless
+    it is the dataset's size."""
+    from mncli.data import canonical_name
+    from mncli.data.datasets import IMAGENET_SIZE
+
+    if canonical_name(dataset) != "imagenet":
+        return given, "--image-size, the dataset's size" if given else "the dataset's size"
+    if given is None:
+        return (own, whose) if own else (IMAGENET_SIZE, "the default")
+    return given, f"--image-size; {whose} is {own} px" if own else "--image-size"
+
+
+def input_size_of(arch: dict) -> int | None:
+    """The input resolution an architecture records (`arch["args"]["input_size"]`), None if none."""
+    size = (arch.get("args") or {}).get("input_size")
+    return None if size is None else int(size)
+
+
+def loading_line(data) -> str:
+    """What a stage loads, for its log: "imagenet at 240 px (the input's resolution): train
+    random-resized-crop 240 + flip, eval resize 274 + centre crop 240"."""
+    height, width = data.info["image_shape"][1:]
+    size = f"{height}" if height == width else f"{height}x{width}"
+    why = data.info.get("image_size_from")
+    transforms = data.info.get("transforms") or {}
+    return (
+        f"{data.name} at {size} px" + (f" ({why})" if why else "")
+        + f": train {transforms.get('train', '?')}, eval {transforms.get('eval', '?')}"
+    )  # fmt: skip
 
 
 def as_record(options: Any) -> dict:
@@ -287,6 +335,16 @@ def check_model_fits_data(arch: dict, data, what: str = "the model") -> None:
                 f"{what} has {key}={args[key]} but {data.name} has {have}",
                 hint=f"train a new model: mncli train --arch {arch.get('name')} --dataset {data.name} -o OUT",
             )
+
+
+def check_input_size(arch: dict, data, what: str, hint: str) -> None:
+    """BadInput when the model's input size is not the images' on a dataset of fixed size (imagenet
+    is read at any size: a size other than the model's is named in `loading_line`)."""
+    size = input_size_of(arch)
+    if data.name != "imagenet" and size is not None and size != int(data.image_size):
+        raise BadInput(
+            f"{what} takes {size} px inputs but {data.name} images are {data.image_size} px", hint=hint
+        )
 
 
 def check_teacher(path: Path, data=None) -> None:

@@ -9,7 +9,8 @@ claims of its manifest hold when measured again?
                                       {"claim", "recorded", "measured", "tolerance", "holds", "note"}
 
 Accuracy, top-5 and loss are measured as `mncli eval` does (stages/evaluate.py: the test split, and
-the validation split the manifest records); the score as save_bundle records it
+the validation split the manifest records; ImageNet at the image size the manifest records, unless
+--image-size says otherwise, and then not compared); the score as save_bundle records it
 (`mncli.bundle.score_summary`, or `arch_score` for an architecture-only artifact). A claim holds when
 the measurement is within its tolerance: accuracies within ACC_TOLERANCE (absolute; the default asks
 for the same images right), losses within LOSS_RTOL and score figures within SCORE_RTOL (relative).
@@ -50,13 +51,19 @@ class VerifyConfig:
     batch_size: int = 256
     device: str = "auto"
     acc_tolerance: float = ACC_TOLERANCE
+    image_size: int | None = None
 
     def validate(self) -> VerifyConfig:
-        if not self.reproduce and (self.dataset or self.data_dir is not None or self.download):
+        from mncli.data.datasets import check_image_size
+
+        given = self.dataset or self.data_dir is not None or self.download or self.image_size is not None
+        if not self.reproduce and given:
             raise BadInput(
-                "--dataset, --data-dir and --download only apply with --reproduce",
+                "--dataset, --data-dir, --download and --image-size only apply with --reproduce",
                 hint=f"mncli verify {self.input} --reproduce --dataset D",
             )
+        if self.image_size is not None:
+            check_image_size(self.image_size)
         if self.batch_size <= 0:
             raise BadInput(f"--batch-size must be positive, got {self.batch_size}", hint="e.g. -b 256")
         tol = self.acc_tolerance
@@ -193,6 +200,8 @@ def _evaluations(config: VerifyConfig, splits: list[str]) -> dict[str, dict]:
                 download=config.download,
                 batch_size=config.batch_size,
                 device=config.device,
+                image_size=config.image_size,
+                at_recorded_size=True,
             )
         )  # fmt: skip
         for split in splits
@@ -211,12 +220,15 @@ def accuracy_claims(config: VerifyConfig, manifest: dict, weights: bool) -> tupl
         note = "not measurable: architecture only (the number is from another model, e.g. a grid point)"
         return [_row(f"metrics.{k}", metrics[k], None, tolerance[r], None, note) for k, _, r in claims], {}
     from mncli.engine.runtime import resolve_device
+    from mncli.stages.evaluate import recorded_image_size
 
     results = _evaluations(config, sorted({s for _, s, _ in claims}, reverse=True))
     recorded_data = (manifest.get("data") or {}).get("dataset")
     measured_on = next(iter(results.values()))["dataset"]
+    recorded_size, measured_size = recorded_image_size(manifest), next(iter(results.values()))["image_size"]
     context = {
         "dataset": measured_on,
+        "image_size": measured_size,
         "device": str(resolve_device(config.device)),
         "recorded_device": (manifest.get("env") or {}).get("device"),
         "count": {s: r["count"] for s, r in results.items()},
@@ -224,8 +236,12 @@ def accuracy_claims(config: VerifyConfig, manifest: dict, weights: bool) -> tupl
     rows = []
     for key, split, result_key in claims:
         recorded, measured = metrics[key], results[split][result_key]
+        note = None
         if measured_on != recorded_data:
             note = f"measured on {measured_on}, recorded on {recorded_data}: not comparable"
+        elif recorded_size is not None and measured_size != recorded_size:
+            note = f"measured at {measured_size} px, recorded at {recorded_size} px: not comparable"
+        if note:
             rows.append(_row(f"metrics.{key}", recorded, measured, tolerance[result_key], None, note))
             continue
         if result_key == "loss":
