@@ -17,6 +17,7 @@ from torch import nn
 from mncli.artifact import codec
 from mncli.errors import BadInput, MncliError
 from mncli.log import warn
+from mncli.text import one_line
 
 
 @dataclass
@@ -52,14 +53,9 @@ def attach_specs(model: nn.Module, specs: dict[str, dict]) -> None:
         install_act_quantizers(model, specs)
 
 
-def _one_line(text: object, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _bad(path: Path, message: str, hint: str | None = None) -> BadInput:
     """One line naming the file (messages from below may not, and may run over several lines)."""
-    message = _one_line(message, 300)
+    message = one_line(message, 300)
     return BadInput(message if str(path) in message else f"{path}: {message}", hint=hint)
 
 

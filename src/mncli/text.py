@@ -45,3 +45,19 @@ def parse_choice(kind: type[E], value: object, option: str) -> E:
     except ValueError:
         what = option.lstrip("-").replace("-", " ")
         raise BadInput(f"unknown {what} {value!r}", hint=f"use {option} " + ", ".join(kind)) from None
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, ending in "..." when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value) for an error message, cut short: a value from a file or the command line may be any
+    length."""
+    return clipped(repr(value), limit)
+
+
+def one_line(text: object, limit: int) -> str:
+    """`text` on one line (runs of whitespace and newlines as one space), cut to `limit` characters."""
+    return clipped(" ".join(str(text).split()), limit)

@@ -39,6 +39,7 @@ from mncli.artifact.manifest import (
 from mncli.artifact.schema import validate
 from mncli.artifact.tempfiles import make_temporary, output_lock
 from mncli.errors import BadInput, RuntimeFailure
+from mncli.text import one_line
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 KEY = "mncli"
@@ -269,11 +270,6 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _one_line(text: str, limit: int = 240) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _looks_pickled(head: bytes) -> bool:
     """Whether the file's first 9 bytes are a torch.save zip or a pickle (protocol 2-5), not the
     8-byte length of a safetensors header that starts with "{" (a length can begin 0x80 0x02)."""
@@ -287,7 +283,7 @@ def _not_safetensors(path: Path, head: bytes, reason: str | None = None) -> BadI
         return BadInput(
             f"{path}: not a safetensors file (it looks like a pickled PyTorch checkpoint)", hint=IMPORT_HINT
         )
-    why = f"its header: {_one_line(reason, 120)}" if reason else "or truncated"
+    why = f"its header: {one_line(reason, 120)}" if reason else "or truncated"
     return BadInput(f"{path}: not a safetensors file ({why})", hint="is this an mncli artifact?")
 
 
@@ -353,7 +349,7 @@ def _format_error(path: Path, head: bytes, raw: bytes, data_len: int, exc: Excep
                 " (the format forbids trailing bytes)"
             )
     reason = reason.removeprefix("invalid JSON in header: ")
-    return BadInput(f"{path}: invalid safetensors header: {_one_line(reason)}")
+    return BadInput(f"{path}: invalid safetensors header: {one_line(reason, 240)}")
 
 
 def _read_header(f: IO[bytes], path: Path) -> tuple[dict, int, int]:
@@ -420,7 +416,7 @@ def _parse_manifest(header: dict, path: Path) -> Any:
     except _DuplicateKey as dup:
         raise BadInput(f"{path}: duplicate key {dup.key!r} in the mncli manifest") from None
     except (TypeError, ValueError) as exc:
-        raise BadInput(f"{path}: the mncli manifest is not valid JSON ({_one_line(exc, 80)})") from None
+        raise BadInput(f"{path}: the mncli manifest is not valid JSON ({one_line(exc, 80)})") from None
     if _depth(manifest) > MAX_DEPTH:
         raise BadInput(f"{path}: the mncli manifest nests deeper than {MAX_DEPTH} levels")
     return manifest
@@ -501,7 +497,7 @@ def tensors_from_raw(
                 tensors[name] = torch.empty(shape, dtype=DTYPES[dtype])
         except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
             where = f"{path}: " if path is not None else ""
-            shown, why = _one_line(shape, 80), _one_line(exc, 80)
+            shown, why = one_line(shape, 80), one_line(exc, 80)
             raise BadInput(f"{where}tensor {name!r} of shape {shown} cannot be loaded: {why}") from None
     return dict(sorted(tensors.items()))
 

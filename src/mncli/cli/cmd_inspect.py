@@ -13,7 +13,7 @@ import typer
 from mncli.cli import output
 from mncli.cli.options import ArchName, ArchOpt, Json
 from mncli.log import log
-from mncli.text import fmt_num, fmt_pct
+from mncli.text import clipped, fmt_num, fmt_pct
 
 HELP = "\n\n".join(
     [
@@ -137,8 +137,7 @@ def describe(path: Path) -> dict:
 
 
 def _compact(value: Any, limit: int = 160) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(", ", "="), default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clipped(json.dumps(value, sort_keys=True, separators=(", ", "="), default=str), limit)
 
 
 def render(info: dict):

@@ -37,6 +37,7 @@ from torch import nn
 
 from mncli.errors import BadInput
 from mncli.log import debug
+from mncli.text import shown
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything larger is the wrong file
 
@@ -57,7 +58,7 @@ def load_recipe(path: Path, allowed_keys: Iterable[str]) -> dict[str, dict]:
     """Read a recipe file into {pattern: settings}; anything but UTF-8 YAML/JSON of that shape, with
     known keys and scalar values of the right kind, is a BadInput naming the file."""
     path = Path(path)
-    data = _parse(path, _read_text(path))
+    data = parse_recipe_text(path, read_recipe_text(path))
     if isinstance(data, dict) and "layers" in data:
         extra = sorted(repr(k) for k in data if k != "layers")
         if extra:
@@ -80,18 +81,18 @@ def load_recipe(path: Path, allowed_keys: Iterable[str]) -> dict[str, dict]:
             pattern = str(pattern)  # YAML reads `0:` (a Sequential's child) as a number
         if not isinstance(pattern, str) or not pattern.strip():
             raise BadInput(
-                f"recipe {path}: layer pattern {_show(pattern)} is not a non-empty string",
+                f"recipe {path}: layer pattern {shown(pattern)} is not a non-empty string",
                 hint='quote patterns: "layer1.*"',
             )
         if not isinstance(settings, dict):
             raise BadInput(
-                f"recipe {path}: settings of {pattern!r} must be a mapping, got {_show(settings)}",
+                f"recipe {path}: settings of {pattern!r} must be a mapping, got {shown(settings)}",
                 hint=example,
             )
         for key, value in settings.items():
             if not isinstance(key, str) or key not in allowed:
                 raise BadInput(
-                    f"recipe {path}: unknown key {_show(key)} for {pattern!r}",
+                    f"recipe {path}: unknown key {shown(key)} for {pattern!r}",
                     hint=f"allowed keys: {', '.join(sorted(allowed))}",
                 )
             _check_value(path, pattern, key, value)
@@ -99,7 +100,7 @@ def load_recipe(path: Path, allowed_keys: Iterable[str]) -> dict[str, dict]:
     return recipe
 
 
-def _read_text(path: Path) -> str:
+def read_recipe_text(path: Path) -> str:
     if not path.exists():
         raise BadInput(f"recipe file not found: {path}")
     if not path.is_file():
@@ -122,7 +123,7 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _parse(path: Path, text: str) -> object:
+def parse_recipe_text(path: Path, text: str) -> object:
     import yaml
 
     as_json = path.suffix.lower() == ".json"
@@ -161,17 +162,12 @@ def _check_value(path: Path, pattern: str, key: str, value: object) -> None:
     if not ok:
         raise BadInput(
             f"recipe {path}: {key} of {pattern!r} must be {kind or 'a number, string or boolean'}, "
-            f"got {_show(value)}",
+            f"got {shown(value)}",
         )
 
 
 def _kind(value: object) -> str:
-    return {list: "a list", str: "a string", type(None): "nothing"}.get(type(value), _show(value))
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return {list: "a list", str: "a string", type(None): "nothing"}.get(type(value), shown(value))
 
 
 def compute_layers(model: nn.Module) -> list[str]:
@@ -265,7 +261,7 @@ def select_layers(
         for pattern in include:
             hits = match(names, pattern)
             if not hits:
-                raise BadInput(f"layer pattern {pattern!r} matches no layer", hint=_layer_hint(names))
+                raise BadInput(f"layer pattern {pattern!r} matches no layer", hint=layer_hint(names))
             chosen.update(hits)
     else:
         roles = layer_roles(model)
@@ -276,7 +272,7 @@ def select_layers(
     for pattern in exclude:
         hits = match(names, pattern)
         if not hits:
-            raise BadInput(f"layer pattern {pattern!r} matches no layer", hint=_layer_hint(names))
+            raise BadInput(f"layer pattern {pattern!r} matches no layer", hint=layer_hint(names))
         chosen.difference_update(hits)
     return [n for n in names if n in chosen]
 
@@ -291,12 +287,12 @@ def resolve_recipe(model: nn.Module, recipe: dict[str, dict], candidates: Iterab
     for pattern, settings in recipe.items():
         hits = match(names, pattern)
         if not hits:
-            raise BadInput(f"recipe pattern {pattern!r} matches no layer", hint=_layer_hint(names))
+            raise BadInput(f"recipe pattern {pattern!r} matches no layer", hint=layer_hint(names))
         for name in hits:
             result.setdefault(name, {}).update(settings)
     return {n: result[n] for n in names if n in result}
 
 
-def _layer_hint(names: list[str]) -> str:
+def layer_hint(names: list[str]) -> str:
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     return f"layers are: {shown} (see `mncli inspect`), or [i] by index"

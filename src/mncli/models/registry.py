@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mncli.errors import BadInput
+from mncli.text import clipped, shown
 
 COMMON_ARGS = ("num_classes", "in_channels", "input_size")
 
@@ -169,7 +170,7 @@ def known_names() -> list[str]:
 def find_family(name: str) -> tuple[Family, dict]:
     """The family whose pattern matches `name`, and the arguments the name fixes."""
     if not isinstance(name, str):
-        raise BadInput(f"architecture name must be a string, got {_show(name)}")
+        raise BadInput(f"architecture name must be a string, got {shown(name)}")
     from mncli.models.external import family_for, is_reference
 
     if is_reference(name):
@@ -179,7 +180,7 @@ def find_family(name: str) -> tuple[Family, dict]:
         if match:
             return family, family.args_from_name(match)
     raise BadInput(
-        f"unknown architecture {_show(name)}",
+        f"unknown architecture {shown(name)}",
         hint="known: "
         + ", ".join(known_names())
         + ", torchvision:NAME, timm:NAME, path/to/file.py:builder (see `mncli models`)",
@@ -188,12 +189,6 @@ def find_family(name: str) -> tuple[Family, dict]:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """repr(value), cut short: a value from the command line may be any length."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -213,13 +208,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return _coerce(key, value, option)
             except BadInput as exc:
                 errors.append(exc.message)
-        raise BadInput(errors[0] if errors else f"bad value for {key}: {_show(value)}")
+        raise BadInput(errors[0] if errors else f"bad value for {key}: {shown(value)}")
     if origin is list:
         (item_hint,) = typing.get_args(hint) or (Any,)
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, list | tuple):
-            raise BadInput(f"argument {key} must be a list, got {_show(value)}")
+            raise BadInput(f"argument {key} must be a list, got {shown(value)}")
         if len(value) > MAX_LIST:
             raise BadInput(f"argument {key} has {len(value):,} items; at most {MAX_LIST:,} are accepted")
         return [_coerce(key, v, item_hint) for v in value]
@@ -228,17 +223,17 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise BadInput(f"argument {key} must be true or false, got {_show(value)}")
+        raise BadInput(f"argument {key} must be true or false, got {shown(value)}")
     if hint is int:
         if isinstance(value, bool):
-            raise BadInput(f"argument {key} must be an integer, got {_show(value)}")
+            raise BadInput(f"argument {key} must be an integer, got {shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,18}", value.strip()):
             return int(value)
-        raise BadInput(f"argument {key} must be an integer, got {_show(value)}")
+        raise BadInput(f"argument {key} must be an integer, got {shown(value)}")
     if hint is float:
         number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -249,12 +244,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             except ValueError:
                 pass
         if number is None or not math.isfinite(number):
-            raise BadInput(f"argument {key} must be a finite number, got {_show(value)}")
+            raise BadInput(f"argument {key} must be a finite number, got {shown(value)}")
         return number
     if hint is str:
         if isinstance(value, str):
             return value
-        raise BadInput(f"argument {key} must be a string, got {_show(value)}")
+        raise BadInput(f"argument {key} must be a string, got {shown(value)}")
     return value
 
 
@@ -266,7 +261,7 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
     unknown = [] if family.open_args else sorted(set(args) - allowed)
     if unknown:
         raise BadInput(
-            f"{name} has no argument {_show(', '.join(unknown))}",
+            f"{name} has no argument {shown(', '.join(unknown))}",
             hint=f"allowed arguments of {name}: {', '.join(sorted(allowed))}",
         )
     resolved = dict(family.defaults)
@@ -275,7 +270,7 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
         value = _coerce(key, value, family.hints.get(key))
         if key in from_name and value != from_name[key]:
             raise BadInput(
-                f"{name} fixes {key}={from_name[key]!r}, but {key}={_show(value)} was given",
+                f"{name} fixes {key}={from_name[key]!r}, but {key}={shown(value)} was given",
                 hint="drop the argument or change the name",
             )
         resolved[key] = value
@@ -306,10 +301,10 @@ def check_range(name: str, key: str, value: Any) -> None:
     else:
         low, high = ARG_RANGES.get(key, (0.0, MAX_FLOAT))
     if key in POSITIVE_ARGS and value <= 0:
-        raise BadInput(f"{name}: {key} must be above 0, got {_show(value)}")
+        raise BadInput(f"{name}: {key} must be above 0, got {shown(value)}")
     if not low <= value <= high:
         raise BadInput(
-            f"{name}: {key}={_show(value)} is outside {_fmt(low)}..{_fmt(high)}",
+            f"{name}: {key}={shown(value)} is outside {_fmt(low)}..{_fmt(high)}",
             hint=f"give {key} between {_fmt(low)} and {_fmt(high)}",
         )
 
@@ -320,8 +315,7 @@ def _fmt(number: float) -> str:
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:
     lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clipped(lines[0] if lines else type(exc).__name__, limit)
 
 
 def _jsonable_args(name: str, args: dict) -> dict:
@@ -412,7 +406,7 @@ def _build(family: Family, name: str, builder_args: dict, given: dict):
     except BadInput:
         raise
     except errors as exc:
-        detail = f" with {_show(given, 120)}" if given else ""
+        detail = f" with {shown(given, 120)}" if given else ""
         raise BadInput(f"cannot build {name}{detail}: {_first_line(exc)}") from exc
 
 

@@ -29,6 +29,7 @@ import torch
 import torch._weights_only_unpickler as weights_only_unpickler  # read only: torch's scan and allowlist
 
 from mncli.errors import BadInput
+from mncli.text import clipped
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_PICKLES = 5  # magic number, protocol version, system info, the object, its storage keys
@@ -58,8 +59,7 @@ _short.maxtuple = _short.maxlist = _short.maxdict = _short.maxset = 4
 
 def short_repr(obj: object, limit: int = 200) -> str:
     """A one-line repr of at most `limit` characters, long containers and strings elided."""
-    text = _short.repr(obj).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clipped(_short.repr(obj).replace("\n", " "), limit)
 
 
 class PlaceholderType(type):
