@@ -1,4 +1,5 @@
-"""`mncli prune`: AGP, one-shot magnitude, reweighted L1, or structured channel removal."""
+"""`mncli prune`: AGP (options or a Distiller schedule), one-shot magnitude, a magnitude threshold,
+reweighted L1, or structured channel removal."""
 
 from __future__ import annotations
 
@@ -22,15 +23,21 @@ from mncli.text import fmt_num, fmt_pct, parse_list
 HELP = "\n\n".join(
     [
         "Prune weights to a target sparsity (the fraction of weights that are zero) and fine-tune.",
-        "Methods: agp (gradual), magnitude (one shot) or reweighted-l1 (L1 penalty, then hard pruning).",
+        "Methods: agp (gradual), magnitude (one shot), reweighted-l1 (L1 penalty, then hard pruning) "
+        "or threshold (--threshold T: every |w| < T becomes zero, no fine-tuning unless --epochs).",
         "--structured removes whole channels instead: smaller tensors, fewer parameters.",
         "The stem and the classifier stay dense unless --layers or a recipe names them (recipe key: "
         "sparsity, or channel_ratio). Zeros of an already pruned input stay zero.",
+        "--recipe also reads a Distiller schedule YAML (version, pruners, lr_schedulers, policies) as "
+        "Distiller runs it: each AutomatedGradualPruner with its own sparsities and epochs, and the "
+        "ExponentialLR/StepLR/MultiStepLR policies; --epochs defaults to its last ending_epoch.",
         "Examples:",
         "  mncli prune fp.safetensors -d fashion-mnist -s 0.8 -o p80.safetensors",
         "  mncli prune fp.safetensors -s 0.8 --epochs 10 --end 6 -o p80.safetensors",
         "  mncli prune fp.safetensors -m magnitude -s 0.7 --global -o m70.safetensors",
         "  mncli prune fp.safetensors -m reweighted-l1 --recipe r.yaml -o r.safetensors",
+        "  mncli prune b1.safetensors --recipe pruning2.yaml -d imagenet -o agp.safetensors",
+        "  mncli prune ec2t.safetensors --threshold 0.01 -o t.safetensors",
         "  mncli prune fp.safetensors --structured --channel-ratio 0.25 -o slim.safetensors",
     ]
 )
@@ -40,22 +47,30 @@ def register(app: typer.Typer) -> None:
     @app.command("prune", help=HELP)
     @training_options(
         epochs=None, lr=None, optimizer=None, weight_decay=None, batch_size=None, schedule=None,
-        help_epochs="Training epochs (default: agp 40, magnitude 20, reweighted-l1 300, structured 20).",
+        help_epochs="Training epochs (default: agp 40, magnitude 20, reweighted-l1 300, structured 20, "
+        "threshold 0; a Distiller schedule: its last ending_epoch).",
         help_lr="Peak learning rate (default 0.01; reweighted-l1 1e-3).",
         help_optimizer="sgd (nesterov), adam or adamw (default sgd; reweighted-l1 adam).",
         help_weight_decay="Weight decay (default 1e-4; reweighted-l1 0).",
         help_batch_size="Batch size per process (default 128; reweighted-l1 64).",
-        help_schedule="cosine, onecycle, step, exp or constant (default cosine; reweighted-l1 exp x0.98).",
+        help_schedule="cosine, onecycle, step, exp or constant (default cosine; reweighted-l1 exp x0.98; "
+        "a Distiller schedule: constant, changed only by its LR policies).",
     )  # fmt: skip
     def prune(
         inp: InputArtifact,
         out: OutputArtifact,
         method: Annotated[
             PruneMethod,
-            method_option("--method", "-m", metavar="METHOD", help="agp, magnitude or reweighted-l1."),
+            method_option(
+                "--method", "-m", metavar="METHOD", help="agp, magnitude, reweighted-l1 or threshold."
+            ),
         ] = PruneMethod.AGP,
         sparsity: Annotated[
             float | None, method_option("--sparsity", "-s", help="Final fraction of zero weights, in [0, 1).")
+        ] = None,
+        threshold: Annotated[
+            float | None,
+            method_option("--threshold", help="Threshold method: zero every weight with |w| below this."),
         ] = None,
         global_threshold: Annotated[
             bool, method_option("--global", help="agp, magnitude: one threshold over all layers.")
@@ -143,7 +158,7 @@ def register(app: typer.Typer) -> None:
             channel_ratio=channel_ratio, criterion=criterion, recipe=recipe, layers=list(layers or []),
             include_depthwise=not exclude_depthwise, rl1_lambda=rl1_lambda, rl1_eps=rl1_eps,
             reweight_at=parse_list(reweight_at, int, "--reweight-at", "8,16"), lr_boost=lr_boost,
-            retrain_epochs=retrain_epochs,
+            retrain_epochs=retrain_epochs, threshold=threshold,
         )  # fmt: skip
         result = run(inp, out, config, train)
         if other_rank(result):  # under torchrun rank 0 alone prints

@@ -1,14 +1,21 @@
-"""Stage `prune`: AGP, one-shot magnitude or reweighted-L1 masks, or structured channel removal.
+"""Stage `prune`: AGP, one-shot magnitude, magnitude threshold or reweighted-L1 masks, or structured
+channel removal.
 
 `Pruning(config)` is the CompressionMethod; `run(input, out, config, train)` the file stage. The output
 holds the pruned model, per-layer specs ("mask": true, the method, the target and the achieved
 sparsity), the schedule, and accuracy and score before and after. Zeros of an already pruned input
 stay zero (`kept_masks`).
+
+`--recipe` takes a Distiller schedule too (`version` + `pruners`, compress/prune/distiller.py): AGP
+with each pruner's own sparsities and epochs and the file's LR policies, recorded with the file's
+sha256 and every layer's targets and window. `--threshold T` zeroes every |w| < T (all conv/linear
+layers unless --layers), without fine-tuning unless --epochs says so.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +31,7 @@ class PruneMethod(StrEnum):
     AGP = "agp"
     MAGNITUDE = "magnitude"
     REWEIGHTED_L1 = "reweighted-l1"
+    THRESHOLD = "threshold"
 
 
 class Unit(StrEnum):
@@ -37,8 +45,9 @@ class Criterion(StrEnum):
 
 
 # Epochs when --epochs is not given: Distiller's MicroNet AGP run (20 pruning + 20 fine-tuning); the
-# reweighted-L1 seed's 300 regularised epochs (its masked retraining, --retrain-epochs, is as long).
-DEFAULT_EPOCHS = {"agp": 40, "magnitude": 20, "reweighted-l1": 300, "structured": 20}
+# reweighted-L1 seed's 300 regularised epochs (its masked retraining, --retrain-epochs, is as long);
+# none for a threshold (EC2T's `--prune-threshold` before scoring). A Distiller schedule: its own.
+DEFAULT_EPOCHS = {"agp": 40, "magnitude": 20, "reweighted-l1": 300, "structured": 20, "threshold": 0}
 WEIGHT_DECAY = 1e-4
 # Training defaults: the others fine-tune with SGD; reweighted L1 trains as its seed did (LinLabNEU's
 # "Reweighted pruning", training/run.sh and main.py): Adam 1e-3 without weight decay, batch 64, and
@@ -75,6 +84,7 @@ class PruneConfig:
     reweight_at: list[int] | None = None
     lr_boost: float | None = None  # reweighted-l1 only; None: RL1_LR_BOOST
     retrain_epochs: int | None = None
+    threshold: float | None = None  # the threshold method: |w| below it becomes zero
 
     @property
     def mode(self) -> str:
@@ -89,6 +99,7 @@ class PruneConfig:
         _check_fraction(self.sparsity, "--sparsity")
         _check_fraction(self.initial_sparsity, "--initial-sparsity")
         _check_fraction(self.channel_ratio, "--channel-ratio")
+        self._check_threshold()
         if self.structured:
             if self.sparsity is not None or self.global_threshold:
                 raise BadInput(
@@ -99,7 +110,7 @@ class PruneConfig:
                 raise BadInput(
                     "--structured needs --channel-ratio (or a recipe)", hint="e.g. --channel-ratio 0.25"
                 )
-        elif self.sparsity is None and self.recipe is None:
+        elif self.sparsity is None and self.recipe is None and self.method != PruneMethod.THRESHOLD:
             raise BadInput("nothing to prune: give --sparsity or a --recipe", hint="e.g. --sparsity 0.8")
         if self.global_threshold and (self.recipe is not None or self.method == PruneMethod.REWEIGHTED_L1):
             raise BadInput("--global uses one --sparsity for all layers: not with a recipe or reweighted-l1")
@@ -145,12 +156,45 @@ class PruneConfig:
             )
         return self
 
+    def _check_threshold(self) -> None:
+        """--threshold selects the threshold method, which takes no target sparsity."""
+        if self.threshold is None:
+            if self.method == PruneMethod.THRESHOLD:
+                raise BadInput("--method threshold needs --threshold T", hint="e.g. --threshold 0.01")
+            return
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float):
+            raise BadInput(f"--threshold must be a number, got {self.threshold!r}")
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise BadInput(f"--threshold must be > 0, got {self.threshold}", hint="e.g. --threshold 0.01")
+        if self.method not in (PruneMethod.AGP, PruneMethod.THRESHOLD):  # AGP: the option's default
+            raise BadInput(f"--threshold is its own method, not one of --method {self.method}")
+        given = {"--sparsity": self.sparsity is not None, "--recipe": self.recipe is not None,
+                 "--global": self.global_threshold, "--structured": self.structured}  # fmt: skip
+        for flag, on in given.items():
+            if on:
+                raise BadInput(f"--threshold zeroes |w| below it: not with {flag}", hint=f"drop {flag}")
+        self.method = PruneMethod.THRESHOLD
+
 
 def _check_fraction(value: float | None, option: str) -> None:
     if value is not None and not 0.0 <= value < 1.0:
         raise BadInput(
             f"{option} {value} is outside [0, 1)", hint=f"e.g. {option} 0.8 (the fraction removed)"
         )
+
+
+def _refuse_other_formats(specs: dict, pruned: set[str], trains: bool) -> None:
+    """BadInput for a ternary/int/fp16 layer that the run prunes, or any such layer when it trains."""
+    for name, spec in specs.items():
+        weight = spec.get("weight", {})
+        if (name in pruned or trains) and (
+            weight.get("format", "float") != "float" or int(weight.get("bits", 32)) < 32
+        ):
+            raise BadInput(
+                f"layer {name} is already {weight.get('format')} {weight.get('bits')}-bit: pruning and "
+                "fine-tuning would move its values off that format",
+                hint="prune before ternarize/quantize (a pruned model stays pruned through them)",
+            )
 
 
 def _kept_zeros(model, specs: dict) -> dict:
@@ -167,11 +211,39 @@ class Pruning:
 
     def __init__(self, config: PruneConfig):
         self.config = config.validate()
+        self.distiller = self._distiller_schedule()  # None unless --recipe is a Distiller schedule
+
+    def _distiller_schedule(self):
+        """The recipe file read as a Distiller schedule (None for a plain recipe); BadInput for an
+        option that the schedule's own pruners and policies decide."""
+        from mncli.compress.prune.distiller import read_schedule
+
+        cfg = self.config
+        schedule = read_schedule(cfg.recipe) if cfg.recipe is not None else None
+        if schedule is None:
+            return None
+        conflicts = {
+            "--method": cfg.method != PruneMethod.AGP, "--structured": cfg.structured,
+            "--sparsity": cfg.sparsity is not None, "--layers": bool(cfg.layers),
+            "--exclude-depthwise": not cfg.include_depthwise, "--unit": cfg.unit != Unit.EPOCHS,
+            "--start": cfg.start != 0, "--end": cfg.end is not None, "--freq": cfg.freq is not None,
+        }  # fmt: skip
+        for flag, given in conflicts.items():
+            if given:
+                raise BadInput(
+                    f"{flag} does not apply to Distiller schedule {cfg.recipe}: its pruners and policies "
+                    "set the layers, sparsities and epochs (AGP)",
+                    hint=f"drop {flag}",
+                )
+        return schedule
 
     # --- CompressionMethod
     def options(self, train: TrainOptions) -> TrainOptions:
         """The method's epochs, optimiser, lr, weight decay (and for reweighted L1 batch size and
-        schedule) where `train` leaves them None."""
+        schedule) where `train` leaves them None. A Distiller schedule: its last ending_epoch, and a
+        constant LR that only its LR policies change."""
+        if self.distiller is not None:
+            return train.resolved(epochs=self.distiller.last_epoch, schedule="constant", **_FINE_TUNE)
         mode = self.config.mode
         return train.resolved(epochs=DEFAULT_EPOCHS[mode], **_TRAINING.get(mode, _FINE_TUNE))
 
@@ -179,8 +251,26 @@ class Pruning:
         """Layers, targets, the input's formats and the AGP schedule (epochs unit), before any data."""
         targets = self.targets(model, specs, options)
         cfg = self.config
-        if cfg.method == PruneMethod.AGP and not cfg.structured and cfg.unit == Unit.EPOCHS:
+        if self.distiller is not None:
+            self._check_distiller(model, options)
+        elif cfg.method == PruneMethod.AGP and not cfg.structured and cfg.unit == Unit.EPOCHS:
             self.schedule(options.epochs, self._final(targets), None)
+
+    def _check_distiller(self, model, options: TrainOptions) -> None:
+        plan = self.distiller.plan(model)
+        if self.distiller.lr_policies and options.schedule != "constant":
+            raise BadInput(
+                f"--schedule {options.schedule} would change the LR that the LR policies of "
+                f"{self.distiller.path} set",
+                hint="drop --schedule (or remove the file's lr_scheduler policies)",
+            )
+        last = plan.last_pruning_epoch
+        if options.epochs != 0 and last >= options.epochs:
+            raise BadInput(
+                f"the last pruning epoch of {self.distiller.path} ({last}) is not inside the run "
+                f"({options.epochs} epochs)",
+                hint=f"raise --epochs (default: the schedule's {self.distiller.last_epoch})",
+            )
 
     def apply(self, run: Run) -> dict:
         """Prune `run.model` in place (and fine-tune); the specs and the manifest record follow."""
@@ -203,13 +293,27 @@ class Pruning:
         return as_record(self.config)
 
     # --- layers, targets, schedule
-    def targets(self, model, specs: dict, opts: TrainOptions | None = None) -> dict[str, float]:
+    def targets(self, model, specs: dict, opts: TrainOptions | None = None) -> dict[str, float | None]:
         """Per-layer targets above 0 (sparsity, or channel ratio with --structured): candidates by
-        role/patterns, recipe values over the option's. With `opts`, layers of another format that
-        the run would fine-tune are refused too."""
+        role/patterns, recipe values over the option's; a Distiller schedule's final sparsities; None
+        for each layer --threshold prunes (no target). With `opts`, layers of another format that the
+        run would fine-tune are refused too."""
         from mncli.compress.recipe import load_recipe, resolve_recipe, select_layers
 
         cfg = self.config
+        trains = opts is not None and (
+            opts.epochs > 0 or (cfg.method == PruneMethod.REWEIGHTED_L1 and bool(cfg.retrain_epochs))
+        )
+        if cfg.method == PruneMethod.THRESHOLD:
+            # zeroing keeps a ternary or int layer's values on its format: refused only to fine-tune
+            layers = select_layers(model, cfg.layers or None, exclude_roles=(),
+                                   include_depthwise=cfg.include_depthwise)  # fmt: skip
+            _refuse_other_formats(specs, set(), trains)
+            return {name: None for name in layers}
+        if self.distiller is not None:
+            targets = self.distiller.plan(model).finals()
+            _refuse_other_formats(specs, set(targets), trains)
+            return targets
         if cfg.structured:  # "zero" removes the all-zero channels and ignores the ratio
             key, default = "channel_ratio", cfg.channel_ratio if cfg.criterion == Criterion.L1 else 0.5
         else:
@@ -229,19 +333,7 @@ class Pruning:
                 f"no layer gets a {key} above 0",
                 hint="give --sparsity / --channel-ratio, or name layers in the recipe with a value",
             )
-        trains = opts is not None and (
-            opts.epochs > 0 or (cfg.method == PruneMethod.REWEIGHTED_L1 and bool(cfg.retrain_epochs))
-        )
-        for name, spec in specs.items():
-            weight = spec.get("weight", {})
-            if (name in targets or trains) and (
-                weight.get("format", "float") != "float" or int(weight.get("bits", 32)) < 32
-            ):
-                raise BadInput(
-                    f"layer {name} is already {weight.get('format')} {weight.get('bits')}-bit: pruning and "
-                    "fine-tuning would move its values off that format",
-                    hint="prune before ternarize/quantize (a pruned model stays pruned through them)",
-                )
+        _refuse_other_formats(specs, set(targets), trains)
         return {n: v for n, v in targets.items() if v > 0}
 
     def _final(self, targets: dict[str, float]) -> float:
@@ -278,9 +370,15 @@ class Pruning:
         return schedule
 
     # --- the two kinds of pruning
-    def _unstructured(self, run: Run, targets: dict[str, float]) -> dict:
+    def _unstructured(self, run: Run, targets: dict[str, float | None]) -> dict:
         from mncli.compress.prune.masks import Masker, sparsity_of
-        from mncli.compress.prune.methods import run_agp, run_magnitude, run_reweighted_l1
+        from mncli.compress.prune.methods import (
+            run_agp,
+            run_distiller,
+            run_magnitude,
+            run_reweighted_l1,
+            run_threshold,
+        )
         from mncli.compress.prune.reweighted_l1 import default_milestones
 
         cfg, model, epochs = self.config, run.model, run.options.epochs
@@ -292,7 +390,11 @@ class Pruning:
         global_sparsity = cfg.sparsity if cfg.global_threshold else None
         log(f"pruning {len(targets)} layers with {method}" + (" (global)" if global_sparsity else ""))
         info: dict = {"method": method, "global": cfg.global_threshold}
-        if cfg.method == PruneMethod.AGP:
+        if self.distiller is not None:
+            info.update(run_distiller(masker, self.distiller.plan(model), run.train, epochs))
+        elif cfg.method == PruneMethod.THRESHOLD:
+            info.update(run_threshold(masker, list(targets), cfg.threshold, run.train, epochs))
+        elif cfg.method == PruneMethod.AGP:
             steps_per_epoch = (
                 run.data.train.num_batches(run.options.batch_size, drop_last=True)
                 if cfg.unit == Unit.STEPS
@@ -333,6 +435,8 @@ class Pruning:
             spec["prune_method"] = method
             if row["target"] is not None:
                 spec["target_sparsity"] = round(row["target"], 6)
+            if cfg.method == PruneMethod.THRESHOLD and name in targets:
+                spec["threshold"] = cfg.threshold
             spec["sparsity"] = round(row["achieved"], 6)
         target, achieved = masker.overall()
         info["layers"] = report

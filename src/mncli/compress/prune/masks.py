@@ -138,6 +138,14 @@ class Masker:
             self.targets[name] = 1.0 - float(keep.sum()) / keep.numel()
         self.apply()
 
+    def prune_below(self, threshold: float, layers: Iterable[str]) -> None:
+        """Zero every weight with |w| < `threshold` in `layers` (zeros already masked stay)."""
+        for name in layers:
+            keep = self.weight(name).detach().abs() >= threshold
+            forced = self._forced(name, keep_current=True)
+            self.masks[name] = keep if forced is None else keep & ~forced
+        self.apply()
+
     @torch.no_grad()
     def apply(self) -> None:
         for name, keep in self.masks.items():

@@ -1,4 +1,5 @@
-"""The three unstructured pruning methods as drivers around a training function.
+"""The unstructured pruning methods as drivers around a training function: AGP (with one schedule, or
+a Distiller schedule file's pruners), one-shot magnitude, a magnitude threshold, reweighted L1.
 
 Each driver gets a `train(callbacks, *, epochs, phase, keep_best=True)` function from the stage
 (`compression.Run.train`, which owns data, optimiser settings and checkpoints), so the methods here
@@ -15,6 +16,7 @@ from torch import nn
 
 from mncli.compress.prune.agp import AGPSchedule
 from mncli.compress.prune.callbacks import MaskCallback, ReweightedL1Callback
+from mncli.compress.prune.distiller import DistillerCallback, DistillerPlan
 from mncli.compress.prune.masks import Masker
 from mncli.compress.prune.reweighted_l1 import ReweightedL1
 from mncli.log import log
@@ -60,6 +62,28 @@ def run_agp(
     return {"history": callback.history, "schedule": schedule.as_dict()}
 
 
+def run_distiller(masker: Masker, plan: DistillerPlan, train: TrainFn, epochs: int) -> dict:
+    """A Distiller schedule: every pruner on its own AGP window, the LR policies, then fine-tuning with
+    the final masks, in one run. Without training (--epochs 0) the layers go straight to their finals."""
+    callback = DistillerCallback(masker, plan, log=log)
+    try:
+        if epochs > 0:
+            _train(train, masker, [callback], epochs, "agp")
+    finally:
+        callback.close()
+    if not callback.schedule_done:
+        masker.prune_to(plan.finals())
+        _log_pruned(masker, "no training: pruned to the schedule's final targets")
+    return {"history": callback.history, "pruning_steps": callback.steps, "schedule": plan.record(epochs)}
+
+
+def run_threshold(masker: Masker, layers: list[str], threshold: float, train: TrainFn, epochs: int) -> dict:
+    """Every weight with |w| < threshold zeroed at once, then (epochs > 0) fine-tuning, mask fixed."""
+    masker.prune_below(threshold, layers)
+    _log_pruned(masker, f"|w| < {threshold:g} zeroed")
+    return {"history": _fine_tune_masked(masker, train, epochs), "threshold": threshold}
+
+
 def run_magnitude(
     masker: Masker,
     targets: dict[str, float],
@@ -74,13 +98,18 @@ def run_magnitude(
     else:
         masker.prune_to(targets)
     _log_pruned(masker, "one-shot pruning")
+    return {"history": _fine_tune_masked(masker, train, epochs)}
+
+
+def _fine_tune_masked(masker: Masker, train: TrainFn, epochs: int) -> list:
+    """Fine-tune with the masks fixed (weights and gradients); returns the mask callback's history."""
     callback = MaskCallback(masker, log=log)
     try:
         if epochs > 0:
             _train(train, masker, [callback], epochs, "finetune")
     finally:
         callback.close()
-    return {"history": callback.history}
+    return callback.history
 
 
 def run_reweighted_l1(
