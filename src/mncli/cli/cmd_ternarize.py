@@ -23,12 +23,17 @@ HELP = "\n\n".join(
         "Block convs are ternarized by default; the stem, the classifier, 1x1 shortcuts, squeeze-excite "
         "and depthwise convs stay full precision. Zeros of a pruned input stay zero. Training options "
         "not given keep the method's original defaults.",
+        "-m ec2t --do-prune is EC2T's second step, entropy-controlled pruning: the squeeze-excite convs "
+        "and the classifier (by default) go through the same assignment, but each weight either becomes "
+        "zero or keeps its full-precision value; the input's ternary layers stay as they are. Defaults: "
+        "--ini-c 0.25, --lambda-div 0.15, 10 epochs, no retraining.",
         "Examples:",
         "  mncli ternarize fp.safetensors -d fashion-mnist -m ttq -o ttq.safetensors",
         "  mncli ternarize fp.safetensors --variant mit --epochs 5 -o mit.safetensors",
         "  mncli ternarize p.safetensors -m ec2t --lambda-div 0.175 -o t.safetensors",
         "  mncli ternarize fp.safetensors -m ec2t --grid --point 3 -o t.safetensors",
         "  mncli ternarize fp.safetensors -m ec2t --grid --collect -o t.safetensors",
+        "  mncli ternarize t.safetensors -m ec2t --do-prune -o tp.safetensors",
     ]
 )
 
@@ -38,7 +43,7 @@ def register(app: typer.Typer) -> None:
     @training_options(
         epochs=None, batch_size=None, lr=None, optimizer=None, momentum=None,
         weight_decay=None, schedule=None, milestones=None, step_gamma=None,
-        help_epochs="Fine-tuning epochs (default: ttq 20, mit 30, ec2t 20).",
+        help_epochs="Fine-tuning epochs (default: ttq 20, mit 30, ec2t 20, ec2t --do-prune 10).",
         help_batch_size="Batch size per process (default 128).",
         help_lr="Peak learning rate (default: ttq 0.1, mit 0.01, ec2t 1e-4 for the non-ternary weights).",
         help_optimizer="sgd, adam or adamw (default: ttq and mit sgd, ec2t adam).",
@@ -80,7 +85,9 @@ def register(app: typer.Typer) -> None:
         ] = False,
         retrain_epochs: Annotated[
             int | None,
-            method_option("--retrain-epochs", help="EC2T: epochs with the assignment frozen (default 20)."),
+            method_option(
+                "--retrain-epochs", help="EC2T: epochs with the assignment frozen (default 20; --do-prune 0)."
+            ),
         ] = None,
         scale_lr: Annotated[
             float | None, method_option("--scale-lr", help="TTQ: LR of Wp/Wn (default: --lr).")
@@ -97,8 +104,8 @@ def register(app: typer.Typer) -> None:
             method_option(
                 "--ini-c",
                 "--ini-c-divrs",
-                help="EC2T: centroids start at c*max(w) and c*|min(w)| (0.45; comma list with --grid; "
-                "--ini-c-divrs is EC2T's name), e.g. --ini-c 0.45.",
+                help="EC2T: centroids start at c*max(w) and c*|min(w)| (0.45, --do-prune 0.25; comma list "
+                "with --grid; --ini-c-divrs is EC2T's name), e.g. --ini-c 0.45.",
             ),
         ] = None,
         lambda_div: Annotated[
@@ -137,6 +144,14 @@ def register(app: typer.Typer) -> None:
                 "--tolerance", help="--select-by score: allowed val-accuracy drop (0.005 = 0.5 pt)."
             ),
         ] = 0.005,
+        do_prune: Annotated[
+            bool,
+            method_option(
+                "--do-prune",
+                help="EC2T: entropy-controlled pruning (EC2T's --do-prune) of the squeeze-excite convs and "
+                "the classifier, or of --layers: zero or the full-precision value; ternary layers stay.",
+            ),
+        ] = False,
         as_json: Json = False,
         *,
         train: TrainOptions,
@@ -151,6 +166,7 @@ def register(app: typer.Typer) -> None:
             ini_c=parse_list(ini_c, float, "--ini-c", "0.45") or [],
             lambda_div=parse_list(lambda_div, float, "--lambda-div", "0.125,0.15") or [],
             grid=grid, point=point, collect=collect, select_by=select_by, tolerance=tolerance,
+            do_prune=do_prune,
         )  # fmt: skip
         result = run(inp, out, config, train)
         if other_rank(result):  # under torchrun rank 0 alone prints
@@ -170,13 +186,20 @@ def _table(result: dict):
                           fmt_pct(r["val_acc"]), fmt_pct(r["test_acc"]), fmt_pct(r["ternary_sparsity"]),
                           fmt_num(r["score"]))  # fmt: skip
         return table
-    table = Table(title=f"ternarize ({result['method']}) -> {result['output']}")
+    prune = result.get("mode") == "prune"
+    table = Table(title=f"ternarize ({result['method']}{', prune' if prune else ''}) -> {result['output']}")
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_row("val acc", fmt_pct(result["val_acc_before"]), fmt_pct(result["val_acc"]))
     table.add_row("test acc", fmt_pct(result["test_acc_before"]), fmt_pct(result["test_acc"]))
     table.add_row("score", fmt_num(result["score_before"]), fmt_num(result["score"]))
+    if prune:
+        table.add_row("pruned layers", "", str(result["pruned_layers"]))
+        table.add_row("pruned sparsity", "", fmt_pct(result["pruned_sparsity"]))
+        table.add_row("frozen layers", "", str(len(result["frozen_layers"])))
+        table.add_row("file bytes", "", f"{result['file_bytes']:,}")
+        return table
     table.add_row("ternary layers", "", str(result["ternary_layers"]))
     table.add_row("ternary sparsity", "", fmt_pct(result["ternary_sparsity"]))
     table.add_row(

@@ -4,6 +4,11 @@
 and saves); `run(input, out, config, train)` is the file stage. With EC2T's grid each point
 (ini_c x lambda_div) is its own run writing OUT.pointK.safetensors; `collect` keeps the point best on
 validation as OUT.
+
+`--method ec2t --do-prune` is EC2T's second step: the squeeze-excite convs and the classifier go
+through the same entropy-constrained assignment, but a weight either joins the zero cluster or keeps
+its full-precision value; the layers end pruned ("mask": true, float non-zeros) and the input's
+ternary layers stay frozen. The manifest records it as compression.ternarize {method ec2t, mode prune}.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class TernarizeConfig:
     scale_init: ScaleInit = ScaleInit.MEAN  # ttq: Wp/Wn from the mean |w| of each side, or one
     layers: list[str] = field(default_factory=list)
     include_depthwise: bool = False
-    retrain_epochs: int | None = None  # ec2t: epochs with the assignment frozen (20)
+    retrain_epochs: int | None = None  # ec2t: epochs with the assignment frozen (20; do_prune 0)
     scale_lr: float | None = None  # ttq: LR of Wp/Wn (the training LR)
     latent_lr: float | None = None  # ec2t: Adam LR of the fp weights (1e-4)
     centroid_lr: float | None = None  # ec2t: Adam LR of the centroids (1e-5)
@@ -61,6 +66,7 @@ class TernarizeConfig:
     collect: bool = False
     select_by: SelectBy = SelectBy.ACCURACY
     tolerance: float = 0.005  # --select-by score: points within this val-accuracy drop of the best
+    do_prune: bool = False  # ec2t: entropy-controlled pruning of the SE convs and the classifier
 
     def validate(self) -> TernarizeConfig:
         self.method = parse_choice(TernaryMethod, self.method, "--method")
@@ -76,6 +82,19 @@ class TernarizeConfig:
             )
         if (self.latent_lr is not None or self.centroid_lr is not None) and not ec2t:
             raise BadInput("--latent-lr and --centroid-lr apply to --method ec2t only")
+        if self.do_prune and not ec2t:
+            raise BadInput("--do-prune applies to --method ec2t only", hint="add --method ec2t")
+        if self.do_prune and self.grid:
+            raise BadInput(
+                "--do-prune runs one (ini_c, lambda_div) point, not --grid",
+                hint="give --ini-c and --lambda-div (default 0.25, 0.15), one run per value",
+            )
+        if self.do_prune and self.retrain_epochs:
+            # EC2T's frozen-assignment retraining (stop_quantizing_flag) would ternarize the layers
+            raise BadInput(
+                "--do-prune has no frozen-assignment retraining (EC2T's prune step: --retrain-epochs 0)",
+                hint="drop --retrain-epochs; give --epochs for more pruning epochs",
+            )
         if not 0.0 <= self.tolerance < 1.0:
             raise BadInput(f"--tolerance {self.tolerance} is outside [0, 1)", hint="e.g. --tolerance 0.005")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -133,6 +152,10 @@ class Ternarization:
         self.point = point
 
     @property
+    def prune_mode(self) -> bool:
+        return self.config.do_prune
+
+    @property
     def name(self) -> str:
         """The method as the specs record it: ttq, ttq-mit or ec2t."""
         if self.config.method is TernaryMethod.EC2T:
@@ -140,10 +163,12 @@ class Ternarization:
         return "ttq-mit" if self.config.variant is TTQVariant.MIT else "ttq"
 
     def defaults(self) -> dict:
-        """The method's original settings (compress.ternary.ttq / ec2t)."""
-        from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
+        """The method's original settings (compress.ternary.ttq / ec2t; EC2T's prune step its own)."""
+        from mncli.compress.ternary.ec2t import EC2T_DEFAULTS, EC2T_PRUNE_DEFAULTS
         from mncli.compress.ternary.ttq import MIT_DEFAULTS, TTQ_DEFAULTS
 
+        if self.prune_mode:
+            return EC2T_PRUNE_DEFAULTS
         return {"ec2t": EC2T_DEFAULTS, "ttq-mit": MIT_DEFAULTS, "ttq": TTQ_DEFAULTS}[self.name]
 
     def ec2t_point(self) -> tuple[float, float]:
@@ -151,10 +176,11 @@ class Ternarization:
         if self.point is not None:
             point = grid_points(self.config)[self.point]
             return point["ini_c"], point["lambda_div"]
-        from mncli.compress.ternary.ec2t import EC2T_DEFAULTS
+        from mncli.compress.ternary.ec2t import EC2T_DEFAULTS, EC2T_PRUNE_DEFAULTS
 
-        ini_c = self.config.ini_c[0] if self.config.ini_c else EC2T_DEFAULTS["ini_c"]
-        lambda_div = self.config.lambda_div[0] if self.config.lambda_div else EC2T_DEFAULTS["lambda_div"]
+        d = EC2T_PRUNE_DEFAULTS if self.prune_mode else EC2T_DEFAULTS
+        ini_c = self.config.ini_c[0] if self.config.ini_c else d["ini_c"]
+        lambda_div = self.config.lambda_div[0] if self.config.lambda_div else d["lambda_div"]
         return ini_c, lambda_div
 
     def threshold(self) -> float | None:
@@ -177,28 +203,36 @@ class Ternarization:
 
     def layers(self, model) -> list[str]:
         from mncli.compress.ternary.common import select_ternary_layers
+        from mncli.compress.ternary.ec2t import select_prune_layers
 
-        return select_ternary_layers(
-            model, self.config.layers or None, include_depthwise=self.config.include_depthwise
-        )
+        select = select_prune_layers if self.prune_mode else select_ternary_layers
+        return select(model, self.config.layers or None, include_depthwise=self.config.include_depthwise)
 
     def check(self, model, specs: dict, arch: dict, options: TrainOptions) -> None:
         names = self.layers(model)
-        already = [n for n, s in specs.items() if (s.get("weight") or {}).get("format") == "ternary"]
-        if already:
+        fixed = fixed_format_layers(specs)
+        already = [n for n, fmt in fixed.items() if fmt == "ternary"]
+        if already and not self.prune_mode:
             raise BadInput(
                 f"the input is already ternary ({len(already)} layers, e.g. {already[0]})",
-                hint="ternarize the full-precision or pruned artifact it was made from",
+                hint="ternarize the artifact it was made from, or prune its float layers: -m ec2t --do-prune",
             )
         for name in names:
-            weight = specs.get(name, {}).get("weight") or {}
-            if weight.get("format", "float") != "float" or int(weight.get("bits", 32)) < 32:
+            if self.prune_mode and fixed.get(name) == "ternary":
+                raise BadInput(
+                    f"layer {name} is ternary in the input: --do-prune prunes full-precision layers",
+                    hint=f"leave it out with --layers '!{name}'",
+                )
+            if name in fixed:
+                weight = specs[name]["weight"]
                 raise BadInput(
                     f"layer {name} is already {weight.get('format')} {weight.get('bits')}-bit",
                     hint="ternarize before quantize; exclude the layer with --layers '!NAME'",
                 )
 
     def apply(self, run: Run) -> dict:
+        if self.prune_mode:
+            return self._apply_prune(run)
         from mncli.compress.prune.callbacks import keep_pruned
         from mncli.compress.prune.masks import kept_masks
         from mncli.compress.ternary.common import bake, ternary_specs
@@ -218,6 +252,7 @@ class Ternarization:
         numel = sum(s["numel"] for s in stats.values())
         summary = {
             "method": self.name,
+            "mode": "ternary",
             "ternary_layers": len(stats),
             "ternary_weights": numel,
             "ternary_nonzeros": nnz,
@@ -236,6 +271,59 @@ class Ternarization:
             "metrics": {"ternary_sparsity": summary["ternary_sparsity"], "training": training},
         }
 
+    def _apply_prune(self, run: Run) -> dict:
+        """EC2T's --do-prune: entropy-controlled pruning of the chosen layers; layers of a fixed
+        format (the input's ternary ones) are frozen, other pruned layers keep their zeros."""
+        from mncli.compress.prune.callbacks import keep_pruned
+        from mncli.compress.prune.masks import kept_masks
+        from mncli.compress.ternary.ec2t import bake_pruned, pruned_specs
+
+        names = self.layers(run.model)
+        frozen = sorted(fixed_format_layers(run.specs))
+        masks = kept_masks(run.model, run.specs, names)
+        others = {n: s for n, s in run.specs.items() if n not in names and n not in frozen}
+        keep = keep_pruned(run.model, others)
+        log(f"entropy-controlled pruning of {len(names)} layers: {', '.join(names[:6])}"
+            f"{', ...' if len(names) > 6 else ''}; {len(frozen)} layers frozen")  # fmt: skip
+        weights = {name: dict(run.model.named_modules())[name].weight for name in frozen}
+        trainable = {name: w.requires_grad for name, w in weights.items()}
+        # EC2T zeroes the gradients of the already ternary layers so they do not change while pruning
+        for weight in weights.values():
+            weight.requires_grad_(False)
+        layers = self._attach(run.model, names, masks)
+        try:
+            training = self._train(run, layers, [keep] if keep is not None else [])
+        finally:
+            for name, weight in weights.items():
+                weight.requires_grad_(trainable[name])
+            if keep is not None:
+                keep.close()
+        stats = bake_pruned(run.model, layers)
+        run.specs = pruned_specs(run.specs, stats)
+        for name, s in stats.items():
+            log(f"{name}: {s['numel'] - s['nnz']}/{s['numel']} zeros ({fmt_pct(s['sparsity'])})")
+        nnz = sum(s["nnz"] for s in stats.values())
+        numel = sum(s["numel"] for s in stats.values())
+        ini_c, lambda_div = self.ec2t_point()
+        summary = {
+            "method": self.name,
+            "mode": "prune",
+            "pruned_layers": len(stats),
+            "pruned_weights": numel,
+            "pruned_nonzeros": nnz,
+            "pruned_sparsity": 1.0 - nnz / numel,
+            "frozen_layers": frozen,
+            "pruned_layers_kept": sorted(masks),
+            "ini_c": ini_c,
+            "lambda_div": lambda_div,
+        }
+        run.record = summary
+        return {
+            **summary,
+            "layers": {n: {k: s[k] for k in ("numel", "nnz", "sparsity")} for n, s in stats.items()},
+            "metrics": {"pruned_sparsity": summary["pruned_sparsity"], "training": training},
+        }
+
     def params(self) -> dict:
         record = as_record(self.config)
         record["ini_c"], record["lambda_div"] = self.ec2t_point()
@@ -245,13 +333,14 @@ class Ternarization:
 
     def _attach(self, model, names: list[str], masks: dict) -> dict:
         from mncli.compress.ternary.common import attach
-        from mncli.compress.ternary.ec2t import EC2TWeight, make_layers_decay
+        from mncli.compress.ternary.ec2t import EC2TPruneWeight, EC2TWeight, make_layers_decay
         from mncli.compress.ternary.ttq import MITTernaryWeight, TTQWeight
 
         if self.config.method is TernaryMethod.EC2T:
             ini_c, lambda_div = self.ec2t_point()
-            decay = make_layers_decay(model, names)
-            return attach(model, names, lambda n, w: EC2TWeight(w, ini_c, lambda_div, decay[n], masks.get(n)))
+            decay = make_layers_decay(model, names)  # relative to the largest layer of this run, as EC2T's
+            kind = EC2TPruneWeight if self.prune_mode else EC2TWeight
+            return attach(model, names, lambda n, w: kind(w, ini_c, lambda_div, decay[n], masks.get(n)))
         threshold = self.threshold()
         if self.config.variant is TTQVariant.MIT:
             return attach(model, names, lambda n, w: MITTernaryWeight(w, threshold, masks.get(n)))
@@ -270,6 +359,11 @@ class Ternarization:
         latent_lr = c.latent_lr if c.latent_lr is not None else d["latent_lr"]
         centroid_lr = c.centroid_lr if c.centroid_lr is not None else d["centroid_lr"]
         record: dict = {"latent_lr": latent_lr, "centroid_lr": centroid_lr}
+        if self.prune_mode:  # one phase: EC2T's prune step has no frozen-assignment retraining
+            phase = EC2TCallback(run.model, layers, latent_lr, centroid_lr, sparsity_metric="pruned_sparsity")
+            record["fit"] = _fit(run, [phase, *keep], "ec2t-prune", epochs)
+            record["retrain_epochs"] = 0
+            return record
         phase1 = EC2TCallback(run.model, layers, latent_lr, centroid_lr)
         record["fit"] = _fit(run, [phase1, *keep], "ec2t", epochs)
         retrain = c.retrain_epochs if c.retrain_epochs is not None else d["retrain_epochs"]
@@ -277,6 +371,16 @@ class Ternarization:
         record["retrain"] = _fit(run, [phase2, *keep], "retrain", retrain)
         record["retrain_epochs"] = retrain
         return record
+
+
+def fixed_format_layers(specs: dict) -> dict[str, str]:
+    """Layers whose weight format a fine-tuning must not change (ternary, int, fp16): name -> format."""
+    fixed = {}
+    for name, spec in specs.items():
+        weight = spec.get("weight") or {}
+        if weight.get("format", "float") != "float" or int(weight.get("bits", 32)) < 32:
+            fixed[name] = str(weight.get("format"))
+    return fixed
 
 
 def _fit(run: Run, callbacks: list, phase: str, epochs: int) -> dict:
@@ -334,10 +438,11 @@ def _run_one(method: Ternarization, input: Path, out: Path, train: TrainOptions)
     result = run_stage(method, input, out, train)
     if "output" not in result:  # a rank other than 0 under torchrun
         return result
+    mode = "pruned" if method.prune_mode else "ternary"
     log(
-        f"{out}: {result['ternary_layers']} ternary layers ({result['method']}), "
+        f"{out}: {result[f'{mode}_layers']} {mode} layers ({result['method']}), "
         f"test acc {fmt_pct(result['test_acc_before'])} -> {fmt_pct(result['test_acc'])}, "
-        f"sparsity {result['ternary_sparsity']:.3f}, score {result['score']}"
+        f"sparsity {result[f'{mode}_sparsity']:.3f}, score {result['score']}"
     )
     return result
 

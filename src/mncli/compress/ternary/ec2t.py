@@ -6,6 +6,10 @@ straight-through to w, sums of g to the centroids with the correct sign on wn). 
 the centroids are clamped to >= 0.675 * std(w) and the assignment is recomputed with the entropy
 constraint (`entropy_constrained_codes`). Phase 2 freezes the assignment and trains only the
 centroids and the other parameters.
+
+EC2T's `--do-prune` step (`EC2TPruneWeight`) runs the same centroids, constraint and gradients on
+layers that stay full precision: a weight is either assigned to the zero cluster or keeps its
+full-precision value, so the layer ends pruned (`bake_pruned`, `pruned_specs`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
+from mncli.compress.recipe import layer_roles, select_layers
 from mncli.compress.ternary.common import TernaryParametrization, codes_sparsity, scaled_straight_through
 from mncli.engine.callbacks import Callback, Context
+from mncli.errors import BadInput
 
 STD_CLAMP = 0.675
 ZERO_FLOOR = 0.5  # P_0 is raised to at least this, so the zero centroid is always the cheapest
@@ -38,6 +45,11 @@ EC2T_DEFAULTS = {
     "schedule": "constant",
     "batch_size": 128,
 }
+# Seed, step 2 (`run_quantization.py ... --ini-c-divrs 0.25 --lambda-max-divrs 0.15 --epochs 10
+# --retrain-epochs 0 --do-prune`): the same optimisers, larger ini_c as the non-zeros stay float.
+EC2T_PRUNE_DEFAULTS = {**EC2T_DEFAULTS, "ini_c": 0.25, "lambda_div": 0.15, "epochs": 10, "retrain_epochs": 0}
+# The seed prunes `_se_reduce`, `_se_expand` and `_fc` (main_trained_quantization.py, args.prune).
+PRUNE_ROLES = ("se", "classifier")
 GRID_INI_C = (0.15, 0.3, 0.45, 0.5)
 GRID_LAMBDA_DIV = (0.125, 0.15, 0.175)
 
@@ -172,6 +184,75 @@ class EC2TWeight(TernaryParametrization):
         return {"ini_c": self.ini_c, "lambda_div": self.lambda_div, "decay": self.decay}
 
 
+class EC2TPruneWeight(EC2TWeight):
+    """EC2T's entropy-controlled pruning: EC2TWeight's centroids, entropy-constrained assignment and
+    gradients, but the forward keeps the latent weight wherever the assignment is non-zero.
+
+    Follows d-becking/neurips-2019-micronet-challenge, model_quantization/quantizer.py with
+    `pruning=True`: `quantize` returns (a + b) * weights (the fp weights where assigned to -wn or +wp,
+    zero elsewhere) while `get_grads` and the centroid update stay the ternary ones (wp*g, g, wn*g to
+    the fp copy; sums of g to the centroids, here with the correct sign on wn)."""
+
+    method = "ec2t-prune"
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        pos, neg = self.assignment > 0, self.assignment < 0
+        ternary = scaled_straight_through(latent, pos, neg, self.wp, self.wn, self.mask)
+        kept = torch.where(pos | neg, latent, torch.zeros_like(latent)).detach()
+        return kept + (ternary - ternary.detach())  # the kept values, with the ternary layer's gradients
+
+
+def select_prune_layers(
+    model: nn.Module, patterns: list[str] | None = None, *, include_depthwise: bool = False
+) -> list[str]:
+    """Layers for `--do-prune`: the squeeze-excite convs and the classifier by default (the
+    classifier alone on a model without squeeze-excite), or what the patterns name."""
+    wanted = {*PRUNE_ROLES, *(("depthwise",) if include_depthwise else ())}
+    others = set(layer_roles(model).values()) - wanted
+    names = select_layers(model, patterns, exclude_roles=others, include_depthwise=include_depthwise)
+    if not names:
+        raise BadInput(
+            "no layer left to prune", hint="name layers with --layers 'PATTERN'; see `mncli inspect`"
+        )
+    return names
+
+
+def bake_pruned(model: nn.Module, params: dict[str, EC2TPruneWeight]) -> dict[str, dict]:
+    """Remove the parametrizations; each weight then holds its latent value where the assignment is
+    non-zero and an exact 0.0 elsewhere. Returns per-layer {numel, nnz, sparsity, ini_c, lambda_div,
+    decay}."""
+    modules = dict(model.named_modules())
+    stats: dict[str, dict] = {}
+    for name, p in params.items():
+        module = modules[name]
+        latent = module.parametrizations.weight.original.detach()
+        with torch.no_grad():
+            keep = p.codes(latent) != 0
+            if p.mask is not None:
+                keep &= p.mask
+            weight = torch.where(keep, latent, torch.zeros_like(latent))
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        with torch.no_grad():
+            module.weight.copy_(weight)
+        numel, nnz = keep.numel(), int(keep.sum())
+        stats[name] = {"numel": numel, "nnz": nnz, "sparsity": 1.0 - nnz / numel, **p.hyper_params()}
+    return stats
+
+
+def pruned_specs(specs: dict[str, dict], stats: dict[str, dict]) -> dict[str, dict]:
+    """Specs after `--do-prune`, recorded as the prune stage records a pruned layer: "mask": true,
+    the method, the achieved sparsity; the weight stays float. Other keys a layer had are kept."""
+    out = {name: dict(spec) for name, spec in specs.items()}
+    for name, s in stats.items():
+        spec = out.setdefault(name, {})
+        spec["mask"] = True
+        spec.setdefault("method", "ec2t")
+        spec["prune_method"] = "ec2t"
+        spec["sparsity"] = s["sparsity"]
+        spec.update({k: s[k] for k in ("ini_c", "lambda_div", "decay")})
+    return out
+
+
 def make_layers_decay(model: nn.Module, names: list[str]) -> dict[str, float]:
     """decay_l of each layer relative to the largest ternarized layer."""
     modules = dict(model.named_modules())
@@ -193,10 +274,12 @@ class EC2TCallback(Callback):
         latent_lr: float,
         centroid_lr: float,
         retrain: bool = False,
+        sparsity_metric: str = "ternary_sparsity",
     ):
         self.layers = layers
         self.latent_lr, self.centroid_lr = float(latent_lr), float(centroid_lr)
         self.retrain = retrain
+        self.sparsity_metric = sparsity_metric
         self._modules = {name: dict(model.named_modules())[name] for name in layers}
         for name, p in layers.items():
             p.frozen = retrain
@@ -226,4 +309,4 @@ class EC2TCallback(Callback):
                 p.reassign_(latent)
 
     def on_epoch_end(self, ctx: Context, metrics: dict) -> None:
-        metrics["ternary_sparsity"] = codes_sparsity(ctx.model, self.layers)
+        metrics[self.sparsity_metric] = codes_sparsity(ctx.model, self.layers)
