@@ -308,3 +308,23 @@ def test_arch_opt_with_an_artifact_is_refused(tmp_path, run_cli):
     assert len(lines) == 1 and "--arch-opt only applies with --arch (no artifact)" in lines[0]
     both = run_cli("score", path, "--arch", "test-cnn")
     assert both.code == 2 and "exactly one" in both.err
+
+
+def test_image_size_scores_an_artifact_at_another_resolution(tmp_path, run_cli):
+    path = tiny_artifact(tmp_path / "m.safetensors", args={"num_classes": 4, "input_size": 16})
+    own = run_cli("score", path, "--json")
+    larger = run_cli("score", path, "--image-size", "32", "--json")
+    assert own.code == 0 and larger.code == 0, (own.err, larger.err)
+    assert "scoring at 32 px" in larger.err
+    assert larger.json["params"] == own.json["params"]
+    convs = [
+        (a, b) for a, b in zip(own.json["layers"], larger.json["layers"], strict=True) if a["type"] == "conv"
+    ]
+    assert convs and all(b["raw_mults"] == 4 * a["raw_mults"] for a, b in convs)  # 4x the positions
+    for argv, words in (
+        ([path, "--image-size", "8000"], "--image-size must be"),
+        (["--arch", "test-cnn", "--image-size", "32"], "--image-size applies to an artifact"),
+    ):
+        bad = run_cli("score", *argv)
+        assert bad.code == 2 and bad.out == "" and words in bad.err, bad.err
+        assert len(bad.err.strip().splitlines()) == 1

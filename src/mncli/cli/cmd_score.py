@@ -126,6 +126,13 @@ Dataset = train_option(
 )
 
 
+ImageSize = train_option(
+    "image_size",
+    "Score an artifact at N px instead of its own resolution (networks with global pooling run at any "
+    "size; EC2T scored its B1 at 256).",
+)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("score", help=HELP, no_args_is_help=True)
     def score(
@@ -133,6 +140,7 @@ def register(app: typer.Typer) -> None:
         arch: ArchName = None,
         arch_opt: ArchOpt = None,
         dataset: Dataset = None,
+        image_size: ImageSize = None,
         add_bits: Annotated[
             int,
             method_option(
@@ -194,6 +202,7 @@ def register(app: typer.Typer) -> None:
             ternary_mults=ternary_mults,
             infer=infer,
             accumulation=accumulation,
+            image_size=image_size,
         )
         result = run(cfg)
         log(summary(result))

@@ -60,12 +60,17 @@ class ScoreConfig:
     ternary_mults: TernaryMults = TernaryMults.DENSE
     infer: bool = False
     accumulation: Accumulation = Accumulation.FLAT
+    image_size: int | None = None  # score an artifact at this resolution instead of its own
 
     def validate(self) -> ScoreConfig:
         """BadInput for a choice out of its set (plain strings from Python are accepted)."""
         self.ternary_storage = parse_choice(TernaryStorage, self.ternary_storage, "--ternary-storage")
         self.ternary_mults = parse_choice(TernaryMults, self.ternary_mults, "--ternary-mults")
         self.accumulation = parse_choice(Accumulation, self.accumulation, "--accumulation")
+        if self.image_size is not None:
+            from mncli.data.datasets import check_image_size
+
+            check_image_size(self.image_size)
         return self
 
 
@@ -155,10 +160,14 @@ def _score_artifact(cfg: ScoreConfig) -> dict:
     recorded = (bundle.manifest.get("data") or {}).get("dataset")
     dataset = cfg.dataset or recorded or default_dataset(arch["name"], arch.get("args", {})) or "cifar100"
     dataset = _check_dataset(dataset)
+    shape = input_shape(arch)
+    if cfg.image_size is not None and cfg.image_size != shape[1]:
+        log(f"scoring at {cfg.image_size} px (--image-size; the artifact's resolution is {shape[1]} px)")
+        shape = (shape[0], cfg.image_size, cfg.image_size)
     report = score_model(
         model,
         bundle.specs,
-        input_shape=input_shape(arch),
+        input_shape=shape,
         task=dataset,
         test_accuracy=_test_accuracy(bundle.manifest),
         **_score_kwargs(cfg),
@@ -206,6 +215,11 @@ def run(cfg: ScoreConfig) -> dict:
             "give exactly one of an artifact or --arch",
             hint="mncli score model.safetensors, mncli score model.onnx, or mncli score --arch wrn-28-10 "
             "--dataset cifar100",
+        )
+    if cfg.image_size is not None and (cfg.artifact is None or is_onnx(cfg.artifact)):
+        raise BadInput(
+            "--image-size applies to an artifact (an ONNX graph has its own input shape)",
+            hint="score an architecture at another size with --arch-opt input_size=N",
         )
     if cfg.artifact is not None and cfg.arch_opts:
         raise BadInput(
