@@ -23,7 +23,7 @@ that one stage. A row passes when (tolerances, against the CPU reference row of 
                 validation top-1 within 2 points (scale), the super-network's validation top-1
                 within 5 points (search: one epoch, a few hundred images), eval top-1 within 1 point
                 (the same weights in fp32; TF32 convolutions may move a prediction near a tie)
-    score       exactly equal (train, prune: zeros fixed by the count, scale: architecture only,
+    score       exactly equal (train, prune: zeros fixed by the count, scale: a dense fp32 point,
                 score); within 5 % relative (ternarize, quantize: their zero codes depend on the
                 trained weights); search: the derived network within --target-ops and every block's
                 probabilities within 0.05 of the CPU's (the derived network itself is reported, not
