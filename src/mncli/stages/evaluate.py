@@ -43,6 +43,7 @@ class EvalConfig:
     device: str = "auto"
     image_size: int | None = None
     at_recorded_size: bool = False  # imagenet by default at the manifest's image_shape, not the arch's
+    say_loading: bool = True  # log what is loaded (verify, which evaluates split by split, does not)
 
     def validate(self) -> EvalConfig:
         from mncli.data.datasets import check_image_size
@@ -123,7 +124,8 @@ def run(config: EvalConfig) -> dict:
     images = split[config.split]()
     with process_group(config.device):  # under torchrun: each rank measures its share, rank 0 reports
         rt = configure(config.device, precision="fp32")  # threads as the engine sets them; fp32 arithmetic
-        log(loading_line(data))
+        if config.say_loading:
+            log(loading_line(data))
         model = bundle.model.to(rt.device)
         channels_last = rt.channels_last and uses_4d_inputs(model)
         if channels_last:

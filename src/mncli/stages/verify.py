@@ -202,6 +202,7 @@ def _evaluations(config: VerifyConfig, splits: list[str]) -> dict[str, dict]:
                 device=config.device,
                 image_size=config.image_size,
                 at_recorded_size=True,
+                say_loading=False,
             )
         )  # fmt: skip
         for split in splits
