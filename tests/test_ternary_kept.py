@@ -103,3 +103,27 @@ def test_int_layers_keep_their_codes_through_fp16_and_training(tmp_path, run_cli
         assert torch.equal(module.weight, old.weight), name  # frozen while the rest trained
         assert torch.equal(getattr(module, WEIGHT_SCALE), getattr(old, WEIGHT_SCALE)), name
         assert spec["act"]["bits"] == 8
+
+
+@pytest.mark.parametrize(
+    ("storage", "bits_of"),
+    [
+        ("codes2", lambda n, nnz: min(2 * n, 2 * nnz + n)),  # the official count
+        ("sign1", lambda n, nnz: min(2 * n, nnz + n)),  # EC2T's: mask + a sign bit per non-zero
+        ("dense2", lambda n, nnz: 2 * n),  # MIT's: dense 2-bit codes
+    ],
+)
+def test_an_imported_ternary_checkpoint_scores_as_counted_from_its_own_tensors(
+    ec2t_checkpoint, imported, run_cli, storage, bits_of
+):
+    """Each ternary layer's storage under each convention against a count made from the checkpoint
+    file's tensors alone (n, non-zeros, two 32-bit scales), not from the imported model."""
+    state = torch.load(ec2t_checkpoint, weights_only=True)["state_dict"]
+    run = run_cli("score", imported[0], "--ternary-storage", storage, "--json")
+    assert run.code == 0, run.err
+    rows = {row["name"]: row for row in run.json["layers"] if row["weight_format"] == "ternary"}
+    assert sorted(rows) == sorted(BLOCK_CONVS)
+    for name in BLOCK_CONVS:
+        weight = state[f"{name}.weight"].float()
+        n, nnz = weight.numel(), int((weight != 0).sum())
+        assert rows[name]["storage_bits"] == bits_of(n, nnz) + 2 * 32, name
