@@ -106,14 +106,16 @@ def test_dense_ternary_has_no_mask_and_dense_float_stays_as_is():
 
 
 def test_int_storage_sizes_and_offset_codes():
-    w = torch.tensor([[-8.0, 0.0, 7.0, 1.0]]) * 0.5
-    stored = codec.encode_state(
-        {"q.weight": w, "q.weight_scale": torch.tensor([0.5])},
-        {"q": {"weight": {"format": "int", "bits": 4}}},
-    )
+    w = torch.tensor([[-8.0, 0.0, 7.0, 1.0, 0.0, 0.0, 0.0, 0.0]]) * 0.5
+    spec = {"q": {"weight": {"format": "int", "bits": 4}}}
+    stored = codec.encode_state({"q.weight": w, "q.weight_scale": torch.tensor([0.5])}, spec)
+    # sparse: 3 codes * 4 bits + an 8-bit mask = 20 bits < 32 dense
     assert stored["q.weight::mask"].tolist() == [0b1101]
     assert stored["q.weight::codes"].tolist() == [0 | 15 << 4, 9]  # codes -8, 7, 1 offset by 8
     assert torch.equal(stored["q.weight::scale"], torch.tensor([0.5]))
+    # the first four alone: dense 16 bits ties sparse 12 + 4, so dense, the zero code (8) included
+    stored = codec.encode_state({"q.weight": w[:, :4], "q.weight_scale": torch.tensor([0.5])}, spec)
+    assert "q.weight::mask" not in stored and stored["q.weight::codes"].tolist() == [0 | 8 << 4, 15 | 9 << 4]
 
 
 def test_sparse_float_auto_and_fp16_values():

@@ -125,7 +125,7 @@ def test_bad_recipe_for_quantize(run_cli, work, cnn, name, monkeypatch):
 @pytest.mark.parametrize(
     "text, key",
     [
-        ("layers: {fc: {weight_bits: 4.5}}", "weight_bits"),
+        ("layers: {fc: {weight_bits: 64}}", "weight_bits"),
         ("layers: {fc: {weight_bits: true}}", "weight_bits"),
         ("layers: {fc: {act_bits: -8}}", "act_bits"),
         ("layers: {fc: {per_channel: 1}}", "per_channel"),

@@ -10,6 +10,8 @@ from typing import Any
 
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 BITS = {"type": "integer", "minimum": 1, "maximum": 32}
+# int weights may have fractional bits (2.5: a grid of floor(2**2.5) = 5 levels, recorded as `levels`)
+WEIGHT_BITS = {"type": "number", "minimum": 1, "maximum": 32}
 
 LAYER_SPEC = {
     "type": "object",
@@ -20,7 +22,8 @@ LAYER_SPEC = {
             "required": ["format", "bits"],
             "properties": {
                 "format": {"enum": ["float", "ternary", "int"]},
-                "bits": BITS,
+                "bits": WEIGHT_BITS,
+                "levels": {"type": "integer", "minimum": 2, "maximum": 65536},
                 "wp": {"type": "number"},
                 "wn": {"type": "number"},
                 "per_channel": {"type": "boolean"},

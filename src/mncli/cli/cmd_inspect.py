@@ -22,7 +22,8 @@ HELP = "\n\n".join(
         "its keys, shapes and dtypes, the published layouts the keys match and the architecture each "
         "converts to; with --arch, the keys that are missing, unexpected or of another shape for it. "
         "Nothing the file names is run.",
-        "Per layer: shape, storage format, sparsity (measured from the decoded weights), weight and "
+        "Per layer: shape, storage format, sparsity (measured from the decoded weights), how the weight "
+        "is stored (dense, or sparse: mask + non-zeros, whichever the score charges less), weight and "
         "activation bits, and bytes on disk. An architecture-only artifact shows its architecture and "
         "the layer shapes the model zoo builds from it.",
         "Examples:",
@@ -34,14 +35,17 @@ HELP = "\n\n".join(
 )
 
 
-def _format(spec: dict, dtype: str) -> tuple[str, int]:
-    """(storage format label, weight bits) of a layer."""
+def _format(spec: dict, dtype: str) -> tuple[str, int | float]:
+    """(storage format label, weight bits) of a layer; int weights may have fractional bits (2.5)."""
     w = spec.get("weight") or {}
-    fmt, bits = w.get("format", "float"), int(w.get("bits", 32))
+    fmt, bits = w.get("format", "float"), w.get("bits", 32)
     if fmt == "ternary":
         return "ternary", 2
     if fmt == "int":
-        return f"int{bits}" + (" per-channel" if w.get("per_channel") else ""), bits
+        bits = int(bits) if float(bits).is_integer() else float(bits)
+        levels = "" if isinstance(bits, int) else f" ({w.get('levels', '?')} levels)"
+        return f"int{bits}{levels}" + (" per-channel" if w.get("per_channel") else ""), bits
+    bits = int(bits)
     if not w:
         return dtype, {"float64": 64, "float16": 16, "bfloat16": 16}.get(dtype, 32)
     return f"float{bits}", bits
@@ -58,7 +62,8 @@ def _owner(base: str, modules: list[str]) -> str:
     return max(match, key=len) if match else base.rsplit(".", 1)[0]
 
 
-def _layers(state: dict, specs: dict, stored: dict[str, int]) -> list[dict]:
+def _layers(state: dict, specs: dict, stored: dict[str, int], sparse: set[str]) -> list[dict]:
+    """Rows per weight-owning module; `sparse` names the weights stored as mask + non-zeros."""
     modules = sorted(k.removesuffix(".weight") for k, v in state.items() if k.endswith(".weight") and v.dim())
     rows: dict[str, dict[str, Any]] = {}
     for m in modules:
@@ -75,6 +80,7 @@ def _layers(state: dict, specs: dict, stored: dict[str, int]) -> list[dict]:
             "sparsity": 1.0 - nnz / w.numel() if w.numel() else 0.0,
             "weight_bits": bits,
             "act_bits": int((spec.get("act") or {}).get("bits", 32)),
+            "storage": "sparse" if f"{m}.weight" in sparse else "dense",
             "stored_bytes": 0,
         }
     for base, nbytes in stored.items():
@@ -110,7 +116,8 @@ def describe(path: Path) -> dict:
     specs = (manifest.get("compression") or {}).get("layers") or {}
     stored = {base: g["bytes"] + g["layout_bytes"] for base, g in report["groups"].items()}
     if tensors:
-        layers = _layers(codec.decode_state(tensors, specs), specs, stored)
+        sparse = {k.removesuffix(f"{codec.SEP}mask") for k in tensors if k.endswith(f"{codec.SEP}mask")}
+        layers = _layers(codec.decode_state(tensors, specs), specs, stored, sparse)
     else:
         layers = _arch_only_layers(manifest["arch"])
     numel = sum(r.get("numel", 0) for r in layers)
@@ -161,8 +168,8 @@ def render(info: dict):
     ]:
         summary.add_row(key, str(value))
     layers = Table(title="architecture only: layer shapes" if info["architecture_only"] else "layers")
-    for col in ("layer", "shape", "format", "sparsity", "w bits", "a bits", "bytes"):
-        layers.add_column(col, justify="left" if col in ("layer", "shape", "format") else "right")
+    for col in ("layer", "shape", "format", "sparsity", "stored", "w bits", "a bits", "bytes"):
+        layers.add_column(col, justify="left" if col in ("layer", "shape", "format", "stored") else "right")
     for r in info["layers"]:
         sparsity = fmt_pct(r.get("sparsity"))
         layers.add_row(
@@ -170,6 +177,7 @@ def render(info: dict):
             "x".join(map(str, r["shape"])) if r["shape"] is not None else "-",
             r["format"],
             sparsity,
+            r.get("storage", "-"),
             str(r.get("weight_bits", "-")),
             str(r.get("act_bits", "-")),
             fmt_num(r["stored_bytes"]) if not info["architecture_only"] else "-",

@@ -24,11 +24,11 @@ from mncli.text import fmt_pct
 
 HELP = """Quantize weights and input activations to n bits, layer by layer, and fine-tune (LSQ by default).
 
-Bits are 2-8 (integer codes), 16 (half precision for real) or 32 (leave fp32); the first and the last layer get 8 bits unless you ask for more. Ternary layers (from `ternarize`, or recognised by `import`) keep their weights (only their inputs are quantized), so do int layers given no new integer bits: --fp16 never turns them into fp16 values. Pruned zeros stay zero. `mncli eval` of the output runs exactly the quantized network.
+Bits are 2-8 (integer codes), 16 (half precision for real) or 32 (leave fp32); the first and the last layer get 8 bits unless you ask for more. Weights may have fractional bits between 2 and 8, as Distiller's linear quantizers took (its ImageNet entry's last FC at 2.5): a uniform grid of floor(2**b) codes (2.5 bits: 5 levels, -2..2), stored packed (3 codes in 7 bits) and scored at those packed bits. Activation bits are whole. Ternary layers (from `ternarize`, or recognised by `import`) keep their weights (only their inputs are quantized), so do int layers given no new integer bits: --fp16 never turns them into fp16 values. Pruned zeros stay zero. `mncli eval` of the output runs exactly the quantized network.
 
 --accumulator-tree proves the width of each level of a binary adder tree (the products added in pairs, the pairs in pairs, ...) by integer simulation on the validation split and records it in the layer specs (acc_tree), for `mncli score --accumulation tree`.
 
-Recipe keys (glob patterns over layer names): weight_bits, act_bits, per_channel, e.g. layers: {"classifier": {weight_bits: 6}, "layer3.*": {act_bits: 8}}
+Recipe keys (glob patterns over layer names): weight_bits, act_bits, per_channel, e.g. layers: {"classifier": {weight_bits: 2.5}, "layer3.*": {act_bits: 8}}
 
 Examples:
 
@@ -54,7 +54,12 @@ def register(app: typer.Typer) -> None:
         out: OutputArtifact,
         train: TrainOptions,
         weight_bits: Annotated[
-            int, method_option("--weight-bits", "-w", help="Weight bits: 2-8, 16, 32.")
+            float,
+            method_option(
+                "--weight-bits",
+                "-w",
+                help="Weight bits: 2-8, 16, 32; or fractional between 2 and 8 (2.5: 5 levels).",
+            ),
         ] = 4,
         act_bits: Annotated[int, method_option("--act-bits", "-a", help="Activation bits: 2-8, 16, 32.")] = 4,
         first_last_bits: Annotated[

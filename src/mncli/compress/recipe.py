@@ -44,11 +44,12 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything larger is the wr
 # What the values of the keys the stages know must be (a stage checks its own ranges again):
 _FRACTION = "a number in [0, 1)"
 _BITS = "an integer number of bits"
+_WEIGHT_BITS = "a number of bits (fractional ones too: 2.5)"
 _BOOL = "true or false"
 _KEY_KINDS = {
     "sparsity": _FRACTION,
     "channel_ratio": _FRACTION,
-    "weight_bits": _BITS,
+    "weight_bits": _WEIGHT_BITS,
     "act_bits": _BITS,
     "per_channel": _BOOL,
 }
@@ -155,6 +156,8 @@ def _check_value(path: Path, pattern: str, key: str, value: object) -> None:
         ok = number and math.isfinite(value) and 0.0 <= value < 1.0
     elif kind == _BITS:
         ok = number and math.isfinite(value) and float(value).is_integer() and 1 <= value <= 32
+    elif kind == _WEIGHT_BITS:  # quantize checks the ranges of whole and fractional bits
+        ok = number and math.isfinite(value) and 1 <= value <= 32
     elif kind == _BOOL:
         ok = isinstance(value, bool)
     else:

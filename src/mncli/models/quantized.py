@@ -16,13 +16,18 @@ import torch
 from torch import nn
 
 from mncli.errors import BadInput
+from mncli.storage import code_range, levels_for_bits
 
 
-def qrange(bits: int, signed: bool) -> tuple[int, int]:
-    """(Q_N, Q_P): codes lie in [-Q_N, Q_P]. Signed b bits is two's complement; unsigned is [0, 2^b - 1]."""
+def qrange(bits: float, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P): codes lie in [-Q_N, Q_P], L = 2^b of them (floor(2^b) for fractional weight bits,
+    mncli.storage.levels_for_bits). Signed: two's complement for whole bits, -(L // 2)..(L - 1) // 2
+    in general (-2..2 for the 5 levels of 2.5 bits); unsigned: [0, L - 1]."""
+    levels = levels_for_bits(bits)
     if signed:
-        return 2 ** (bits - 1), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
+        low, high = code_range(levels)
+        return -low, high
+    return 0, levels - 1
 
 
 def quantize_to_codes(v: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
@@ -56,12 +61,12 @@ def int_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.round(weight.detach().float() / scale.float()).to(torch.int64)
 
 
-def check_int_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> None:
+def check_int_weight(weight: torch.Tensor, scale: torch.Tensor, bits: float) -> None:
     """Raise ValueError unless weight == code * scale exactly with codes in the signed b-bit range."""
     codes = int_codes(weight, scale)
     q_n, q_p = qrange(bits, signed=True)
     if int(codes.min()) < -q_n or int(codes.max()) > q_p:
-        raise ValueError(f"codes outside the {bits}-bit range [{-q_n}, {q_p}]")
+        raise ValueError(f"codes outside the {bits:g}-bit range [{-q_n}, {q_p}]")
     if not torch.equal(codes.float() * scale.float(), weight.detach().float()):
         raise ValueError("weight values are not exactly code * scale")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mncli.errors import BadInput
 from mncli.scoring.rules import Options, Row
+from mncli.storage import code_group
 
 # Fixed normalisation constants of the MicroNet Challenge (never recomputed; SCORING.md).
 TASKS = {
@@ -53,6 +54,29 @@ ACCUMULATION = {
 }
 
 
+FRACTIONAL_WEIGHTS = (
+    "int weights of fractional bits b: a uniform grid of L = floor(2**b) levels, k codes packed as one "
+    "base-L number of g = ceil(k*log2 L) bits; stored and charged ceil(n/k)*g bits dense, or "
+    "ceil(nnz/k)*g + an n-bit mask sparse, whichever is smaller; mults at max(g/k, activation bits)"
+)
+
+
+def _fractional_layers(rows: list[Row]) -> dict[str, dict]:
+    """Per layer of fractional int weights: its levels and how its codes are packed and charged."""
+    layers: dict[str, dict] = {}
+    for row in rows:
+        if row.levels is not None and row.name not in layers:
+            k, g = code_group(row.levels)
+            layers[row.name] = {
+                "weight_format": row.weight_format,
+                "levels": row.levels,
+                "codes_per_group": k,
+                "group_bits": g,
+                "bits_per_code": g / k,
+            }
+    return layers
+
+
 def _tree_layers(rows: list[Row]) -> set[str]:
     return {r.name for r in rows if r.tree is not None}
 
@@ -64,7 +88,9 @@ def _untreed_int_layers(rows: list[Row]) -> list[str]:
 
 
 def conventions(opts: Options, rows: list[Row]) -> dict:
-    return {
+    """The conventions the report counted by; `fractional_weights` and `fractional_layers` only when a
+    layer has int weights of fractional bits."""
+    out = {
         "rules": "MicroNet Challenge final rules (2019-09): mults and adds counted separately, per example",
         "params": "16-bit freebie (params and mults at 16 bits)"
         if opts.freebie16
@@ -89,6 +115,11 @@ def conventions(opts: Options, rows: list[Row]) -> dict:
         "pooling": "max pool comparisons booked as adds",
         "constant_ops": "ops on weights and constants only are folded at deployment (free)",
     }
+    fractional = _fractional_layers(rows)
+    if fractional:
+        out["fractional_weights"] = FRACTIONAL_WEIGHTS
+        out["fractional_layers"] = fractional
+    return out
 
 
 def _tree_dict(row: Row) -> dict | None:

@@ -6,7 +6,8 @@ Per op, with N the output elements per example (SCORING.md):
   relu 1 mult; silu and hard-swish 3 mults + 1 add; sigmoid 2 mults + 1 add; hard-sigmoid 2 + 1
   add/sub N adds; mul/div (squeeze-excite scale, constants) N mults
   pooling      avg: 1 mult + (k-1) adds per output, max: (k-1) adds (comparisons), global = avg
-Each op is weighted by its bits / 32: a layer's mults by max(weight bits, input activation bits),
+Each op is weighted by its bits / 32: a layer's mults by max(weight bits, input activation bits) (the
+weight bits of fractional int codes: the packed bits a code costs, mncli.storage.bits_per_code),
 other mults by the bits of their inputs (16 when they hold what fp16 layers computed, else 32; 16 with
 the freebie), adds by the accumulator width: flat, one width a layer, or per level of a binary adder
 tree (`--accumulation tree`, the widths a layer's spec `acc_tree` proves).
@@ -101,13 +102,14 @@ class Row:
     raw_params: int = 0  # stored values (weights, biases, scales), before weighting by bits
     raw_mults: float = 0.0
     raw_adds: float = 0.0
-    mult_bits: int = 32
+    mult_bits: int | float = 32  # a float only for the packed bits of fractional int weights
     add_bits: int = 32
     sparsity: float | None = None
     weight_format: str | None = None
-    weight_bits: int | None = None
+    weight_bits: int | float | None = None
     act_bits: int | None = None
     storage: str | None = None  # "dense" or "sparse": the form a weight is stored and charged in
+    levels: int | None = None  # int weights of fractional bits: the levels of their grid
     tree: TreeAdds | None = None  # adds per level of a binary adder tree (else all at add_bits)
 
     @property
@@ -233,7 +235,7 @@ def layer_info(
     scale = None if scale is None or scale.is_meta else scale
     claims_weight = bool(spec.get("weight"))
     if not has_values:
-        fmt = claimed_format(spec, tuple(weight.shape))
+        fmt = claimed_format(spec, tuple(weight.shape), layer)
     elif claims_weight:
         fmt = check_claim(layer, spec, weight, scale)
     elif opts.infer:
@@ -289,7 +291,7 @@ def weight_row(op: TracedOp, info: LayerInfo, bias_values: int, opts: Options, f
         tree = _tree_adds(mults / out if out else 0.0, out, info.acc_tree, own_bias, opts.add_bits)
         add_bits = max((bits for _, bits in tree.parts), default=add_bits)  # the widest level
     float_bits = opts.float_bits
-    value_bits = min(fmt.bits, 16) if opts.freebie16 and fmt.format == "float" else fmt.bits
+    value_bits = min(fmt.bits, 16) if opts.freebie16 and fmt.format == "float" else fmt.value_bits
     bias_bits = 16 if (opts.freebie16 or (fmt.format == "float" and fmt.bits == 16)) else 32
     param_bits = raw_params = 0
     storage = None
@@ -310,7 +312,7 @@ def weight_row(op: TracedOp, info: LayerInfo, bias_values: int, opts: Options, f
         else:
             mult_bits = info.act_bits
     else:
-        mult_bits = max(fmt.bits, info.act_bits)
+        mult_bits = max(fmt.value_bits, info.act_bits)
     groups = op.attrs.get("groups", 1)
     depthwise = op.kind == "conv" and groups > 1 and op.in_shapes and op.in_shapes[0][0] == groups
     return Row(
@@ -330,6 +332,7 @@ def weight_row(op: TracedOp, info: LayerInfo, bias_values: int, opts: Options, f
         act_bits=info.act_bits,
         storage=storage,
         tree=tree,
+        levels=fmt.levels,
     )
 
 

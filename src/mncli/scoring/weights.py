@@ -1,5 +1,11 @@
 """What a weight tensor really is: its format read from the layer spec and checked against the values,
-or (with `--infer`) derived from the values alone; and how many bits storing it costs by the rules."""
+or (with `--infer`) derived from the values alone; and how many bits storing it costs by the rules
+(mncli.storage, the rule the artifact's codec stores by too).
+
+Integer weights of a grid of L levels that is not a power of two (fractional bits: `{"format": "int",
+"bits": 2.5, "levels": 5}`) are charged as the codec packs them: k codes in one base-L number of g bits
+(5 levels: 3 codes in 7 bits), ceil(count / k) * g bits for `count` codes, and multiply at g / k bits.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from mncli.errors import BadInput
+from mncli.storage import bits_per_code, code_bits, smaller_form, spec_levels, storage_form
 
 SCALE_BITS = 32
 # Off-grid tolerance in units of the step: float32 code*scale is exact to ~1e-7 relative, so even
@@ -19,15 +26,27 @@ _MAX_LEVELS = 2**16
 @dataclass
 class WeightFormat:
     format: str  # "float", "int" or "ternary"
-    bits: int
+    bits: int | float  # a float only for int codes of fractional bits
     n_scales: int = 0  # quantizer scales stored beside the codes (ternary: wp and wn)
     inferred: bool = False
+    levels: int | None = None  # int codes of fractional bits: levels of the grid, floor(2**bits)
 
     @property
     def label(self) -> str:
         if self.format == "ternary":
             return "ternary"
-        return f"{'fp' if self.format == 'float' else 'int'}{self.bits}"
+        return f"{'fp' if self.format == 'float' else 'int'}{self.bits:g}"
+
+    @property
+    def fractional(self) -> bool:
+        """Int codes of fractional bits, packed in base-L groups (mncli.storage.code_group)."""
+        return self.format == "int" and self.levels is not None
+
+    @property
+    def value_bits(self) -> int | float:
+        """Bits a value costs: packed bits per code of fractional int codes (7/3 for 5 levels), else
+        `bits`."""
+        return bits_per_code(self.levels) if self.fractional else self.bits
 
 
 def weight_storage(
@@ -37,15 +56,18 @@ def weight_storage(
     "sparse", the non-zeros `nnz*b` plus a 1-bit mask over all `n` (dense on a tie). Ternary codes:
     codes2 (official) 2 bits a code, sparse `2*nnz + n`; sign1 (EC2T) sparse `nnz + n`, the mask saying
     non-zero and 1 bit the sign, dense `2*n` (three states need 2 bits); dense2 (MIT) `2*n` whatever the
-    zeros. Plus the quantizer scales at 32 bits."""
+    zeros. Int codes of fractional bits: packed in base-L groups (mncli.storage.code_bits). Plus the
+    quantizer scales at 32 bits."""
     if fmt.format == "ternary" and ternary_storage == "dense2":
         bits, form = 2 * n, "dense"
+    elif fmt.format == "ternary" and ternary_storage == "sign1":
+        bits, form = smaller_form(2 * n, nnz + n)
+    elif fmt.format == "ternary":
+        bits, form = storage_form(n, nnz, lambda count: 2 * count)
+    elif fmt.fractional:
+        bits, form = storage_form(n, nnz, lambda count: code_bits(count, fmt.levels))
     else:
-        if fmt.format == "ternary":
-            dense, sparse = 2 * n, (nnz if ternary_storage == "sign1" else 2 * nnz) + n
-        else:
-            dense, sparse = n * value_bits, nnz * value_bits + n
-        bits, form = (sparse, "sparse") if sparse < dense else (dense, "dense")
+        bits, form = storage_form(n, nnz, lambda count: count * value_bits)
     return bits + fmt.n_scales * SCALE_BITS, form
 
 
@@ -118,10 +140,25 @@ def _int_levels(
     return worst
 
 
+def _int_claim(layer: str, claim: dict) -> tuple[int | float, int | None]:
+    """(bits, levels) of an int claim, levels None for whole bits (2**bits); BadInput unless 1-16 bits
+    with `levels`, when given, floor(2**bits)."""
+    bits = claim.get("bits", 32)
+    if isinstance(bits, bool) or not isinstance(bits, int | float) or not 1 <= bits <= 16:
+        raise BadInput(f"layer {layer}: integer weights of {bits} bits are not supported (1-16)")
+    try:
+        levels = spec_levels(bits, claim.get("levels"))
+    except ValueError as exc:
+        raise BadInput(f"layer {layer}: {exc}", hint="levels = floor(2**bits), or leave levels out") from None
+    return (int(bits), None) if float(bits).is_integer() else (bits, levels)
+
+
 def check_claim(layer: str, spec: dict, weight: torch.Tensor, scale: torch.Tensor | None) -> WeightFormat:
     """The format a layer's spec claims, verified against its values; BadInput on a contradiction."""
     claim = spec.get("weight") or {"format": "float", "bits": 32}
     kind = str(claim.get("format", "float"))
+    if kind == "int":
+        return _check_int(layer, claim, weight, scale)
     bits = int(claim.get("bits", 32))
     if kind == "float":
         if bits not in (16, 32):
@@ -142,20 +179,23 @@ def check_claim(layer: str, spec: dict, weight: torch.Tensor, scale: torch.Tenso
             if key in claim and value and not _close(float(claim[key]), value):
                 raise BadInput(f"layer {layer}: spec says {key}={claim[key]} but the weights hold {value:g}")
         return WeightFormat("ternary", 2, n_scales=2)
-    if kind == "int":
-        if not 1 <= bits <= 16:
-            raise BadInput(f"layer {layer}: integer weights of {bits} bits are not supported (1-16)")
-        per_channel = bool(claim.get("per_channel", False))
-        levels = _int_levels(weight, scale, per_channel, 2**bits)
-        if levels is None or levels > 2**bits:
-            raise BadInput(
-                f"layer {layer} claims {bits}-bit integer weights but its values are not on one grid of "
-                f"{2**bits} levels" + (" per channel" if per_channel else ""),
-                hint="re-run quantize, or score with --infer to see what the values really are",
-            )
-        n_scales = int(scale.numel()) if scale is not None else (int(weight.shape[0]) if per_channel else 1)
-        return WeightFormat("int", bits, n_scales=n_scales)
     raise BadInput(f"layer {layer}: unknown weight format {kind!r}", hint="float, int or ternary")
+
+
+def _check_int(layer: str, claim: dict, weight: torch.Tensor, scale: torch.Tensor | None) -> WeightFormat:
+    """An int claim verified: the values on one grid of at most L levels (per channel when so)."""
+    bits, levels = _int_claim(layer, claim)
+    allowed = levels if levels is not None else 1 << int(bits)
+    per_channel = bool(claim.get("per_channel", False))
+    found = _int_levels(weight, scale, per_channel, allowed)
+    if found is None or found > allowed:
+        raise BadInput(
+            f"layer {layer} claims {bits:g}-bit integer weights but its values are not on one grid of "
+            f"{allowed} levels" + (" per channel" if per_channel else ""),
+            hint="re-run quantize, or score with --infer to see what the values really are",
+        )
+    n_scales = int(scale.numel()) if scale is not None else (int(weight.shape[0]) if per_channel else 1)
+    return WeightFormat("int", bits, n_scales=n_scales, levels=levels)
 
 
 def infer_format(weight: torch.Tensor) -> WeightFormat:
@@ -178,16 +218,17 @@ def infer_format(weight: torch.Tensor) -> WeightFormat:
     return WeightFormat("float", 32, inferred=True)
 
 
-def claimed_format(spec: dict | None, weight_shape: tuple[int, ...]) -> WeightFormat:
+def claimed_format(spec: dict | None, weight_shape: tuple[int, ...], layer: str) -> WeightFormat:
     """The claimed format without values to check (architecture-only scoring)."""
     claim = (spec or {}).get("weight") or {"format": "float", "bits": 32}
     kind = str(claim.get("format", "float"))
-    bits = int(claim.get("bits", 32))
     if kind == "ternary":
         return WeightFormat("ternary", 2, n_scales=2)
     if kind == "int":
+        bits, levels = _int_claim(layer, claim)
         per_channel = bool(claim.get("per_channel", False))
-        return WeightFormat("int", bits, n_scales=int(weight_shape[0]) if per_channel else 1)
+        return WeightFormat("int", bits, n_scales=int(weight_shape[0]) if per_channel else 1, levels=levels)
+    bits = int(claim.get("bits", 32))
     if kind != "float":
         raise BadInput(f"unknown weight format {kind!r}", hint="float, int or ternary")
     return WeightFormat("float", bits)

@@ -11,7 +11,10 @@ spec says it has:
   fp16 weights      FLOAT16 initializers (weight and bias) -> Cast to FLOAT
   n-bit weights     integer codes (INT2 / INT4 / INT8: the narrowest type the opset has) ->
                     DequantizeLinear with the layer's own scale (per tensor, or per output channel
-                    on axis 0); codes * scale is the artifact's value bit for bit
+                    on axis 0); codes * scale is the artifact's value bit for bit. Fractional bits
+                    (L = floor(2**b) levels) are codes like any others, in the type of the whole bits
+                    that hold them, ceil(log2 L) (5 levels: INT4, claimed as 3 bits): an ONNX graph
+                    knows no L, so `mncli score model.onnx` charges those bits, not the packed ones
   ternary weights   2-bit codes {-1, 0, +1} (INT2 from opset 25, else INT8) decoded with the two scales:
                     Relu(DequantizeLinear(codes, wp)) - Relu(-DequantizeLinear(codes, wn))
   pruned weights    exact zeros (codes 0), whatever the format
@@ -48,6 +51,7 @@ from typing import Any
 
 from mncli.errors import BadInput, RuntimeFailure
 from mncli.log import debug, log
+from mncli.storage import levels_for_bits
 from mncli.text import parse_choice
 
 MIN_OPSET, MAX_OPSET = 18, 25  # torch.onnx's exporter writes opset 18 and up
@@ -200,9 +204,16 @@ class _Layer:
     name: str
     module: Any
     weight: str  # "float32", "float16", "int", "ternary"
-    bits: int
+    bits: int | float  # fractional for int codes of floor(2**bits) levels
     per_channel: bool = False
     act: Any = None  # the ActQuantizer, if any
+
+    @property
+    def code_bits(self) -> int:
+        """Whole bits holding the layer's codes: `bits`, or ceil(log2 L) of fractional bits."""
+        if self.weight != "int" or float(self.bits).is_integer():
+            return int(self.bits)
+        return (levels_for_bits(self.bits) - 1).bit_length()
 
 
 def _layers(model, specs: dict) -> list[_Layer]:
@@ -215,7 +226,9 @@ def _layers(model, specs: dict) -> list[_Layer]:
         if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
             continue
         claim = (specs.get(name) or {}).get("weight") or {"format": "float", "bits": 32}
-        kind, bits = str(claim.get("format", "float")), int(claim.get("bits", 32))
+        kind, bits = str(claim.get("format", "float")), claim.get("bits", 32)
+        if kind != "int":
+            bits = int(bits)
         if kind == "float":
             kind = "float16" if bits == 16 else "float32"
         elif kind not in ("int", "ternary"):
@@ -255,7 +268,7 @@ def _act_code_type(signed: bool) -> tuple[int, int]:
 def _auto_opset(layers: list[_Layer]) -> int:
     needed = DEFAULT_OPSET
     for layer in layers:
-        if layer.weight == "ternary" or (layer.weight == "int" and layer.bits <= 2):
+        if layer.weight == "ternary" or (layer.weight == "int" and layer.code_bits <= 2):
             needed = max(needed, INT2_OPSET)
     return needed
 
@@ -496,10 +509,10 @@ def _decode_weight(s: _Surgery, layer: _Layer, opset: int, claims: dict) -> None
         if scale is None:
             raise RuntimeFailure(f"layer {layer.name}: an int layer without its weight_scale")
         codes = int_codes(weight, scale.detach().cpu(), layer.bits, layer.name).numpy()
-        elem, container = _code_type(layer.bits, True, opset)
+        elem, container = _code_type(layer.code_bits, True, opset)
         s.add_init(codes.astype(_ml_dtype(elem)), name)
-        if container > layer.bits:
-            claims[name] = layer.bits
+        if container > layer.code_bits:
+            claims[name] = layer.code_bits
         flat = scale.detach().cpu().float().reshape(-1).numpy()
         scale_name = s.add_init(
             flat if layer.per_channel and flat.size > 1 else flat.reshape(()), f"{name}_scale"

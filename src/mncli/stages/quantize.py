@@ -1,4 +1,5 @@
-"""Stage `quantize`: n-bit weights and input activations per layer (LSQ, PACT, DoReFa QAT, or PTQ),
+"""Stage `quantize`: n-bit weights and input activations per layer (LSQ, PACT, DoReFa QAT, or PTQ;
+weights of fractional bits too, a grid of floor(2**b) levels, as Distiller's ImageNet entry's last FC),
 optional fp16 for what stays float, an accumulator-width claim checked by integer simulation, and
 the binary adder tree's width per level proved by integer simulation (`--accumulator-tree`).
 
@@ -44,7 +45,7 @@ class Calibration(enum.StrEnum):
 
 @dataclass
 class QuantizeConfig:
-    weight_bits: int = 4
+    weight_bits: int | float = 4  # fractional (2.5): a grid of floor(2**b) levels, see compress.quant.plan
     act_bits: int = 4
     first_last_bits: int = 8
     method: QuantizeMethod = QuantizeMethod.LSQ
@@ -63,9 +64,10 @@ class QuantizeConfig:
         """BadInput for any option out of range; turns method and calibration names into their enums."""
         from mncli.compress.quant.plan import check_bits
 
-        check_bits(self.weight_bits, "--weight-bits")
-        check_bits(self.act_bits, "--act-bits")
-        check_bits(self.first_last_bits, "--first-last-bits")
+        # whole bits as ints (4.0 from the command line is recorded as 4)
+        self.weight_bits = check_bits(self.weight_bits, "--weight-bits", fractional=True)
+        self.act_bits = check_bits(self.act_bits, "--act-bits")
+        self.first_last_bits = check_bits(self.first_last_bits, "--first-last-bits")
         self.method = parse_choice(QuantizeMethod, self.method, "--method")
         if self.calibration is not None and not self.ptq:
             raise BadInput("--calibration belongs to --ptq", hint="add --ptq, or drop --calibration")

@@ -265,8 +265,8 @@ def _records(manifest: dict) -> tuple[list[dict], int]:
 
 def _weight_kind(spec: dict) -> str:
     weight = spec.get("weight") or {}
-    fmt, bits = weight.get("format", "float"), int(weight.get("bits", 32))
-    return {"ternary": "ternary", "int": f"int{bits}"}.get(fmt, "fp16" if bits == 16 else "fp32")
+    fmt, bits = weight.get("format", "float"), weight.get("bits", 32)
+    return {"ternary": "ternary", "int": f"int{bits:g}"}.get(fmt, "fp16" if bits == 16 else "fp32")
 
 
 def _spec_changes(specs: dict, before: dict) -> list[str]:

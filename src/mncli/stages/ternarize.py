@@ -392,9 +392,10 @@ def _fit(run: Run, callbacks: list, phase: str, epochs: int) -> dict:
 
 
 def ternary_bytes(model, specs: dict, names: list[str]) -> dict:
-    """Bytes the artifact spends on the ternary weights vs. the MicroNet charge (n + 2*nnz bits + 2
-    scales), from the same encoding the file stores."""
+    """Bytes the artifact spends on the ternary weights vs. the MicroNet charge (the smaller of 2n and
+    n + 2*nnz bits, plus 2 scales), from the same encoding the file stores."""
     from mncli.artifact import codec
+    from mncli.storage import storage_form
 
     modules = dict(model.named_modules())
     stored = charged = 0.0
@@ -405,8 +406,8 @@ def ternary_bytes(model, specs: dict, names: list[str]) -> dict:
         spec = specs[name]
         numel = int(tensors[f"{key}shape"].prod())
         nnz = round(numel * (1.0 - spec["sparsity"]))
-        mask_bits = numel if spec["mask"] else 0
-        charged += (mask_bits + 2 * nnz) / 8 + 2 * tensors[f"{key}wp"].element_size()
+        bits, _ = storage_form(numel, nnz, lambda count: 2 * count)
+        charged += bits / 8 + 2 * tensors[f"{key}wp"].element_size()
     return {"ternary_bytes": int(stored), "ternary_bytes_charged": round(charged, 1)}
 
 

@@ -1,7 +1,8 @@
 """DoReFa-Net (Zhou et al. 2016) quantizers, kept as the baseline method.
 
 Weights: t = tanh(w) / max|tanh(w)| in [-1, 1], codes = round(t * Q_P) in [-Q_P, Q_P] (b-bit signed, with
-an exact zero so pruned weights stay pruned), straight-through rounding. DoReFa's values lie in [-1, 1];
+an exact zero so pruned weights stay pruned; Q_P from qrange, fractional bits included), straight-through
+rounding. DoReFa's values lie in [-1, 1];
 here they are rescaled by the layer's max|w| (no gradient) so fine-tuning a trained network keeps each
 layer's magnitude: value = code * max|w| / Q_P, i.e. an ordinary code * scale layer.
 Activations: clip(x, 0, 1) quantized to 2^b - 1 steps (inputs that can be negative: the signed grid

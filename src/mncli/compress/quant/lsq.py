@@ -5,6 +5,9 @@
     dv_hat/ds = -v/s + round(v/s) inside, -Q_N below, Q_P above, times the gradient scale g
     g = 1 / sqrt(N * Q_P),  init s = 2 * mean|v| / sqrt(Q_P)
 
+Q_N, Q_P come from the grid's levels (models.quantized.qrange): 2**b, or floor(2**b) for fractional
+weight bits (2.5 bits: codes -2..2).
+
 Autograd derives dv_hat/ds from the two helpers below; tests check it against the formula.
 """
 

@@ -30,6 +30,7 @@ from mncli.compress.quant.ptq import InputStats, act_scale, weight_scale_and_cod
 from mncli.errors import RuntimeFailure
 from mncli.models import quantized
 from mncli.models.quantized import ActQuantizer, attach
+from mncli.storage import levels_for_bits
 
 
 @dataclass
@@ -121,6 +122,15 @@ def prepare_ptq(
             attach(module, ActQuantizer(plan.act_bits, signed, method, scale=scale).to(module.weight.device))
 
 
+def int_weight_spec(bits: int | float, per_channel: bool) -> dict:
+    """The weight spec of int codes; fractional bits record the levels of their grid too."""
+    spec: dict = {"format": "int", "bits": bits}
+    if not float(bits).is_integer():
+        spec["levels"] = levels_for_bits(bits)
+    spec["per_channel"] = per_channel
+    return spec
+
+
 def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) -> dict[str, dict]:
     """Real values everywhere; returns the new specs (earlier stages' entries kept and extended)."""
     modules = dict(model.named_modules())
@@ -131,9 +141,9 @@ def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) 
         spec.pop("act", None)  # an input's old act quantizer was removed; the ones attached now follow
         if intweights.is_wrapped(module):
             bits, per_channel = intweights.bake_weight(module)
-            spec["weight"] = {"format": "int", "bits": bits, "per_channel": per_channel}
+            spec["weight"] = int_weight_spec(bits, per_channel)
         elif plan.int_weight:  # set by prepare_ptq
-            spec["weight"] = {"format": "int", "bits": plan.weight_bits, "per_channel": plan.per_channel}
+            spec["weight"] = int_weight_spec(plan.weight_bits, plan.per_channel)
         elif plan.ternary:
             module.weight.requires_grad_(True)
             continue
@@ -142,7 +152,7 @@ def bake(model: nn.Module, plans: dict[str, LayerPlan], specs: dict[str, dict]) 
         else:  # trained as floats: fp32 values (an earlier fp16 claim no longer holds)
             spec["weight"] = {"format": "float", "bits": 32}
             continue
-        try:  # what the codec will store: exactly code * scale, codes in the signed b-bit range
+        try:  # what the codec will store: exactly code * scale, codes in the signed range of the grid
             quantized.check_int_weight(module.weight, module.weight_scale, spec["weight"]["bits"])
         except ValueError as exc:
             raise RuntimeFailure(f"layer {name}: baked weights are off their grid: {exc}") from None
