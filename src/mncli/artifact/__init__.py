@@ -13,7 +13,7 @@ See docs/artifact-format.md.
 """
 
 from mncli.artifact import codec
-from mncli.artifact.hashing import content_sha256
+from mncli.artifact.hashing import content_sha256, file_sha256
 from mncli.artifact.io import (
     check_output,
     file_report,
@@ -31,6 +31,7 @@ __all__ = [
     "check_output",
     "codec",
     "content_sha256",
+    "file_sha256",
     "file_report",
     "lineage_from",
     "load_artifact",

@@ -68,3 +68,12 @@ def hash_entries(entries: Iterable[tuple[str, str, list[int], memoryview | bytes
 def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """The content hash of a tensor dict (what `save_artifact` records and `verify` recomputes)."""
     return hash_entries((name, dtype_name(t), list(t.shape), tensor_bytes(t)) for name, t in tensors.items())
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (checkpoints, recipes, a user's source file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mncli.artifact.hashing import file_sha256
 from mncli.errors import BadInput
 from mncli.log import progress, warn
 from mncli.models.registry import _first_line
@@ -71,10 +72,6 @@ def family_for(name: str):
 # ------------------------------------------------------------------------------------ the user's code
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 _FILE_MODULES: dict[tuple[str, str], Any] = {}
 
 
@@ -85,7 +82,7 @@ def _from_file(name: str, path: Path, attr: str) -> tuple[Any, dict]:
             hint="give the path of the .py file that defines the builder",
         )
     path = path.resolve()
-    digest = _sha256(path)
+    digest = file_sha256(path)
     key = (str(path), digest)
     if key not in _FILE_MODULES:
         module_name = "mncli_arch_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
@@ -129,7 +126,7 @@ def _from_module(name: str, module_name: str, attr: str) -> tuple[Any, dict]:
     source: dict[str, Any] = {"module": module_name}
     file = getattr(module, "__file__", None)
     if file and Path(file).is_file():
-        source.update(file=str(Path(file).resolve()), sha256=_sha256(Path(file)))
+        source.update(file=str(Path(file).resolve()), sha256=file_sha256(Path(file)))
     return _attribute(name, module, attr, module_name), source
 
 

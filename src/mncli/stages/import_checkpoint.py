@@ -15,12 +15,12 @@ the quantizer's scale they are no int spec.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mncli.artifact.hashing import file_sha256
 from mncli.errors import BadInput
 from mncli.log import debug, log, warn
 
@@ -161,12 +161,12 @@ def load_checkpoint(checkpoint: Path, config: ImportConfig):
     model.eval()
     params: dict[str, Any] = {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
         "layout": layout.name if layout is not None else AS_IS,
         **notes,
     }
     if config.config is not None:
-        params["config"] = {"path": str(config.config), "sha256": _sha256(config.config)}
+        params["config"] = {"path": str(config.config), "sha256": file_sha256(config.config)}
     return model, params
 
 
@@ -254,7 +254,7 @@ def describe_checkpoint(path: Path, arch: str | None = None, arch_opts: dict | N
     info: dict[str, Any] = {
         "path": str(path),
         "file_bytes": path.stat().st_size,
-        "checkpoint_sha256": _sha256(path),
+        "checkpoint_sha256": file_sha256(path),
         "tensors": len(state),
         "values": sum(t.numel() for t in state.values()),
         "keys": [
@@ -272,11 +272,3 @@ def describe_checkpoint(path: Path, arch: str | None = None, arch_opts: dict | N
             model = create_model(arch, **(arch_opts or {}))
         info["fit"] = {"arch": model.arch, **compare_state_dict(model, state)}
     return info
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

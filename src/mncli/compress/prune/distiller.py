@@ -50,7 +50,6 @@ still names no layer is a BadInput naming it. Anything Distiller knows but this 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from bisect import bisect_right
 from collections.abc import Callable
@@ -59,6 +58,7 @@ from pathlib import Path
 
 from torch import nn
 
+from mncli.artifact.hashing import file_sha256
 from mncli.compress.prune.agp import AGPSchedule
 from mncli.compress.prune.callbacks import MaskCallback
 from mncli.compress.prune.masks import Masker
@@ -365,7 +365,7 @@ def read_schedule(path: Path) -> DistillerSchedule | None:
     ]
     return DistillerSchedule(
         path=path,
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        sha256=file_sha256(path),
         version=int(version),
         pruners=tuple(pruner_policies),
         lr_policies=tuple(lr_policies),
