@@ -123,3 +123,21 @@ def test_threshold_on_a_ternary_layer_keeps_it_ternary_without_fine_tuning(tmp_p
     assert pruned.specs["conv2"]["weight"]["format"] == "ternary" and pruned.specs["conv2"]["mask"]
     refused = run_cli("prune", src, "--threshold", T, "--epochs", "1", "-d", DATA, "-o", out, *FAST)
     assert refused.code == 2 and "already ternary" in refused.err
+
+
+def test_relative_threshold_is_a_fraction_of_each_layers_largest_weight(tmp_path, run_cli):
+    from mncli.bundle import load_bundle
+
+    src = tiny_artifact(tmp_path / "in.safetensors", args=ARGS, metrics={"score": None})
+    out = tmp_path / "rel.safetensors"
+    run = run_cli("prune", src, "--threshold", 0.2, "--relative-threshold", "-d", DATA, "-o", out, *FAST)
+    assert run.code == 0, run.err
+    before, after = _weights(src), _weights(out)
+    for name in LAYERS:
+        small = before[name].abs() < 0.2 * before[name].abs().max()
+        assert 0 < int(small.sum()) < small.numel(), name
+        expected = torch.where(small, torch.zeros_like(before[name]), before[name])
+        assert torch.equal(after[name], expected), name
+    assert load_bundle(out).specs["conv1"]["threshold_of"] == "max|w|"
+    alone = run_cli("prune", src, "--relative-threshold", "-d", DATA, "-o", tmp_path / "x.safetensors")
+    assert alone.code == 2 and "--relative-threshold needs --threshold" in alone.err

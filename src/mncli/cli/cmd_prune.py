@@ -72,6 +72,13 @@ def register(app: typer.Typer) -> None:
             float | None,
             method_option("--threshold", help="Threshold method: zero every weight with |w| below this."),
         ] = None,
+        relative_threshold: Annotated[
+            bool,
+            method_option(
+                "--relative-threshold",
+                help="Threshold method: --threshold is a fraction of each layer's max |w| (EC2T's).",
+            ),
+        ] = False,
         global_threshold: Annotated[
             bool, method_option("--global", help="agp, magnitude: one threshold over all layers.")
         ] = False,
@@ -158,7 +165,7 @@ def register(app: typer.Typer) -> None:
             channel_ratio=channel_ratio, criterion=criterion, recipe=recipe, layers=list(layers or []),
             include_depthwise=not exclude_depthwise, rl1_lambda=rl1_lambda, rl1_eps=rl1_eps,
             reweight_at=parse_list(reweight_at, int, "--reweight-at", "8,16"), lr_boost=lr_boost,
-            retrain_epochs=retrain_epochs, threshold=threshold,
+            retrain_epochs=retrain_epochs, threshold=threshold, relative_threshold=relative_threshold,
         )  # fmt: skip
         result = run(inp, out, config, train)
         if other_rank(result):  # under torchrun rank 0 alone prints

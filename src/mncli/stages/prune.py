@@ -85,6 +85,7 @@ class PruneConfig:
     lr_boost: float | None = None  # reweighted-l1 only; None: RL1_LR_BOOST
     retrain_epochs: int | None = None
     threshold: float | None = None  # the threshold method: |w| below it becomes zero
+    relative_threshold: bool = False  # the threshold is a fraction of each layer's max |w| (EC2T's)
 
     @property
     def mode(self) -> str:
@@ -161,6 +162,8 @@ class PruneConfig:
         if self.threshold is None:
             if self.method == PruneMethod.THRESHOLD:
                 raise BadInput("--method threshold needs --threshold T", hint="e.g. --threshold 0.01")
+            if self.relative_threshold:
+                raise BadInput("--relative-threshold needs --threshold T", hint="e.g. --threshold 0.01")
             return
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float):
             raise BadInput(f"--threshold must be a number, got {self.threshold!r}")
@@ -393,7 +396,9 @@ class Pruning:
         if self.distiller is not None:
             info.update(run_distiller(masker, self.distiller.plan(model), run.train, epochs))
         elif cfg.method == PruneMethod.THRESHOLD:
-            info.update(run_threshold(masker, list(targets), cfg.threshold, run.train, epochs))
+            info.update(
+                run_threshold(masker, list(targets), cfg.threshold, run.train, epochs, cfg.relative_threshold)
+            )
         elif cfg.method == PruneMethod.AGP:
             steps_per_epoch = (
                 run.data.train.num_batches(run.options.batch_size, drop_last=True)
@@ -437,6 +442,7 @@ class Pruning:
                 spec["target_sparsity"] = round(row["target"], 6)
             if cfg.method == PruneMethod.THRESHOLD and name in targets:
                 spec["threshold"] = cfg.threshold
+                spec["threshold_of"] = "max|w|" if cfg.relative_threshold else "absolute"
             spec["sparsity"] = round(row["achieved"], 6)
         target, achieved = masker.overall()
         info["layers"] = report

@@ -138,10 +138,12 @@ class Masker:
             self.targets[name] = 1.0 - float(keep.sum()) / keep.numel()
         self.apply()
 
-    def prune_below(self, threshold: float, layers: Iterable[str]) -> None:
-        """Zero every weight with |w| < `threshold` in `layers` (zeros already masked stay)."""
+    def prune_below(self, threshold: float, layers: Iterable[str], relative: bool = False) -> None:
+        """Zero every weight with |w| < `threshold` in `layers` (zeros already masked stay); `relative`:
+        below `threshold` times the layer's largest |w|."""
         for name in layers:
-            keep = self.weight(name).detach().abs() >= threshold
+            magnitude = self.weight(name).detach().abs()
+            keep = magnitude >= (threshold * float(magnitude.max()) if relative else threshold)
             forced = self._forced(name, keep_current=True)
             self.masks[name] = keep if forced is None else keep & ~forced
         self.apply()

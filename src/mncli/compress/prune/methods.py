@@ -77,11 +77,14 @@ def run_distiller(masker: Masker, plan: DistillerPlan, train: TrainFn, epochs: i
     return {"history": callback.history, "pruning_steps": callback.steps, "schedule": plan.record(epochs)}
 
 
-def run_threshold(masker: Masker, layers: list[str], threshold: float, train: TrainFn, epochs: int) -> dict:
-    """Every weight with |w| < threshold zeroed at once, then (epochs > 0) fine-tuning, mask fixed."""
-    masker.prune_below(threshold, layers)
-    _log_pruned(masker, f"|w| < {threshold:g} zeroed")
-    return {"history": _fine_tune_masked(masker, train, epochs), "threshold": threshold}
+def run_threshold(
+    masker: Masker, layers: list[str], threshold: float, train: TrainFn, epochs: int, relative: bool = False
+) -> dict:
+    """Every weight with |w| < threshold (times its layer's max |w| when `relative`, as EC2T's
+    --prune-threshold) zeroed at once, then (epochs > 0) fine-tuning, mask fixed."""
+    masker.prune_below(threshold, layers, relative=relative)
+    _log_pruned(masker, f"|w| < {threshold:g}{' x max|w|' if relative else ''} zeroed")
+    return {"history": _fine_tune_masked(masker, train, epochs), "threshold": threshold, "relative": relative}
 
 
 def run_magnitude(
