@@ -14,6 +14,7 @@ JOBS ?= 2
 
 .PHONY: install data test test-all lint format demo fashion-mnist fashion-mnist-baseline fashion-mnist-search bench gpu-check clean help
 .PHONY: reproduce-ec2t-cifar100 reproduce-mit-cifar100 reproduce-rl1-cifar100
+.PHONY: reproduce-distiller-imagenet reproduce-ec2t-imagenet
 
 help:
 	@echo "make demo         install everything, run the compression pipeline on Fashion-MNIST (minutes)"
@@ -27,7 +28,13 @@ help:
 	@echo "make reproduce-ec2t-cifar100  EC2T's entry: scale grid -> ternarize ec2t -> fp16 -> score (GPU days)"
 	@echo "make reproduce-mit-cifar100   MIT's entry: search -> train -> ternarize ttq --variant mit -> score"
 	@echo "make reproduce-rl1-cifar100   reweighted L1: train -> prune reweighted-l1 -> quantize 6/8 bit -> score"
-	@echo "                  SMOKE=1: the same chain on a small CIFAR-100 (about a minute); DIR=, DATA_DIR=, DOWNLOAD=1"
+	@echo "make reproduce-distiller-imagenet B1=b1.pth B2=b2.pth  Distiller's entry: import B1 -> prune agp"
+	@echo "                  (pruning2 schedule) -> quantize 4 bit + KD from B2, stem fp, FC 2.5 bit -> score"
+	@echo "make reproduce-ec2t-imagenet B1=b1.pth  EC2T's entry: import B1 -> ternarize ec2t -> --do-prune ->"
+	@echo "                  prune --threshold 0.01 -> fp16 -> score at 256 px"
+	@echo "                  B1=/B2=: lukemelas' pretrained efficientnet_pytorch checkpoints (DOWNLOAD=1 fetches them)"
+	@echo "                  SMOKE=1: the same chain on small data it writes (CIFAR-100, or JPEGs and random"
+	@echo "                  B1/B2 at 64 px; about a minute each); DIR=, DATA_DIR=, DOWNLOAD=1"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,14 +96,17 @@ bench: install
 gpu-check: install
 	@$(PY) bench/gpu_check.py $(GPU_CHECK_OPTS)
 
-# The 2019 CIFAR-100 entries, each from its recipe reproduce/NAME.yaml, into runs/reproduce/NAME (DIR=...);
-# SMOKE=1 runs the same chain on a small CIFAR-100 it writes, in runs/reproduce-smoke/NAME. A re-run
-# skips the finished steps and continues an interrupted one (reproduce/README.md).
-reproduce-ec2t-cifar100 reproduce-mit-cifar100 reproduce-rl1-cifar100: reproduce-%: install
+# The 2019 entries, each from its recipe reproduce/NAME.yaml, into runs/reproduce/NAME (DIR=...); the
+# ImageNet ones start from the pretrained checkpoints B1= (and B2=) name, or DOWNLOAD=1 fetches.
+# SMOKE=1 runs the same chain on small data and random checkpoints it writes, in
+# runs/reproduce-smoke/NAME. A re-run skips the finished steps and continues an interrupted one
+# (reproduce/README.md).
+reproduce-ec2t-cifar100 reproduce-mit-cifar100 reproduce-rl1-cifar100 \
+reproduce-distiller-imagenet reproduce-ec2t-imagenet: reproduce-%: install
 	$(PY) reproduce/run.py reproduce/$*.yaml \
 		--dir $(or $(DIR),runs/$(if $(filter 1,$(SMOKE)),reproduce-smoke,reproduce)/$*) \
 		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
-		$(if $(filter 1,$(DOWNLOAD)),--download)
+		$(if $(filter 1,$(DOWNLOAD)),--download) $(if $(B1),--input b1=$(B1)) $(if $(B2),--input b2=$(B2))
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .ruff_cache

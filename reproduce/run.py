@@ -1,52 +1,75 @@
 """Run a 2019 MicroNet entry's published pipeline through mncli's stages, as its recipe file says.
 
     .venv/bin/python reproduce/run.py reproduce/ec2t-cifar100.yaml [--dir DIR] [--smoke]
-        [--data-dir D] [--download] [--dry-run]
+        [--data-dir D] [--download] [--input NAME=PATH ...] [--dry-run]
 
 Each step of the recipe is one `mncli COMMAND` in a subprocess (`python -m mncli` of this Python),
 reading the artifact of the step it names as `input` and writing DIR/<id>.safetensors. The runner adds
-what every step shares: `--dataset` (the recipe's), `--data-dir` and `--download` (yours), `--resume`
-and `-o`. DIR/<id>.step.json records the command a step was started with; a step whose output passes
-`mncli verify` and was finished by the same command is skipped. Any other step runs with `--resume`,
-so an interrupted one continues from its checkpoint (from the start when its command changed). A
-failing step stops the run with its exit code. Then each convention of `scores:` is `mncli score
---json` of a step's artifact, and a table of mncli's accuracy and scores beside the seed's published
-figures is printed and written to DIR/summary.json.
+what every stage step shares: `--dataset` (the recipe's), `--data-dir` and `--download` (yours),
+`--resume` and `-o`; `--teacher` when the step names a teacher step. An `import` step imports one of
+the checkpoints the recipe's `inputs:` names: the file `--input NAME=PATH` gives, or with --download
+the published one fetched from its URL into DIR/inputs/ (nothing is downloaded without --download).
+DIR/<id>.step.json records the command a step was started with and the hashes of the files it reads;
+a step whose output passes `mncli verify` and was finished by the same command on the same files is
+skipped. Any other step runs with `--resume`, so an interrupted one continues from its checkpoint
+(from the start when its command or its inputs changed). A failing step stops the run with its exit
+code. Then each convention of `scores:` is `mncli score --json` of a step's artifact, and a table of
+mncli's accuracy and scores beside the seed's published figures is printed and written to
+DIR/summary.json.
 
---smoke writes the small CIFAR-100 of smoke_data.py into DIR/data, reads the data from there and
-applies the recipe's `smoke:` overrides: the same commands in the same order, a few steps each.
-The recipe format is described in reproduce/README.md.
+--smoke writes the recipe dataset's small stand-in of smoke_data.py into DIR/data (CIFAR-100's
+pickles, or an ImageFolder of JPEGs for imagenet) and randomly initialised checkpoints for the
+inputs into DIR/inputs/, reads them from there and applies the recipe's `smoke:` overrides: the same
+commands in the same order, a few steps each. The recipe format is described in reproduce/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
-from smoke_data import FOLDER, write_smoke_cifar100
+from smoke_data import (
+    FOLDER,
+    IMAGENET_FOLDER,
+    write_smoke_cifar100,
+    write_smoke_efficientnet,
+    write_smoke_imagenet,
+)
 
-from mncli.errors import BadInput
+from mncli.artifact import file_sha256
+from mncli.errors import BadInput, MncliError, RuntimeFailure
 from mncli.log import log, warn
 from mncli.stages.export import atomic_write
 from mncli.text import fmt_num
 
-# The mncli commands a step may run: each reads a dataset, trains (or calibrates) and writes `-o`.
+# The mncli stages a step may run: each reads a dataset, trains (or calibrates) and writes `-o`.
 STEP_COMMANDS = ("train", "scale", "search", "prune", "ternarize", "quantize")
+# The other kind of step: `mncli import CHECKPOINT -o ...` of one of the recipe's inputs (no data).
+IMPORT = "import"
 # Options the runner sets itself, on every step (and --json on every score).
 RUNNER_OPTIONS = {
     "-o", "--out", "-d", "--dataset", "--data-dir", "--download", "--resume", "--json", "-n",
     "--no-clobber", "-q", "--quiet",
 }  # fmt: skip
-RECIPE_KEYS = {"name", "seed", "dataset", "steps", "scores", "published", "smoke"}
-SMOKE_KEYS = {"data", "all_steps", "steps"}
+RECIPE_KEYS = {"name", "seed", "dataset", "inputs", "steps", "scores", "published", "smoke"}
+STEP_KEYS = {"id", "command", "input", "teacher", "checkpoint", "files", "args"}
+INPUT_KEYS = {"about", "url", "smoke_efficientnet"}
+SMOKE_KEYS = {"data", "all_steps", "steps", "scores"}
+# What `smoke: data:` may size, per dataset smoke_data.py writes (the keywords of its writer).
+SMOKE_DATA = {
+    "cifar100": {"train_per_class", "test_per_class"},
+    "imagenet": {"classes", "train_per_class", "test_per_class", "image_size"},
+}
+SMOKE_CLASSES = {"cifar100": 100, "imagenet": 10}  # imagenet: write_smoke_imagenet's default
 
 
 @dataclass
@@ -55,6 +78,24 @@ class Step:
     command: str
     args: dict | list
     input: str | None
+    teacher: str | None = None  # the id of an earlier step whose artifact is --teacher
+    checkpoint: str | None = None  # import: the name of the recipe input it imports
+    files: dict[str, str] | None = None  # option -> a file beside the recipe, passed by its path
+
+
+@dataclass
+class Input:
+    """A checkpoint the recipe starts from, which the user supplies (or --download fetches)."""
+
+    name: str
+    about: str
+    url: str | None
+    smoke_efficientnet: str | None
+
+    @property
+    def variable(self) -> str:
+        """The make variable that gives it: B1 for b1."""
+        return self.name.upper().replace("-", "_")
 
 
 @dataclass
@@ -70,20 +111,31 @@ class Recipe:
     name: str
     seed: str
     dataset: str
+    inputs: dict[str, Input]
     steps: list[Step]
     scores: list[Convention]
     published: dict
     smoke: dict
 
     def smoke_steps(self) -> list[Step]:
-        """The steps with the `smoke:` overrides applied: `all_steps` to every step, then the step's own
-        (an override of null drops the option)."""
+        """The steps with the `smoke:` overrides applied: `all_steps` to every stage step (not to
+        imports, which read no data), then the step's own (an override of null drops the option)."""
         every = self.smoke.get("all_steps") or {}
         own = self.smoke.get("steps") or {}
         return [
-            Step(s.id, s.command, merge_args(merge_args(s.args, every), own.get(s.id) or {}), s.input)
+            replace(
+                s,
+                args=merge_args(
+                    merge_args(s.args, every if s.command != IMPORT else {}), own.get(s.id) or {}
+                ),
+            )
             for s in self.steps
         ]
+
+    def smoke_scores(self) -> list[Convention]:
+        """The conventions with the `smoke: scores:` overrides of their labels applied."""
+        own = self.smoke.get("scores") or {}
+        return [replace(c, args=merge_args(c.args, own.get(c.label) or {})) for c in self.scores]
 
 
 # --- the recipe file
@@ -105,7 +157,7 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(data, dict):
         raise bad("not a mapping of name, seed, dataset, steps, scores, published")
     unknown = sorted(set(data) - RECIPE_KEYS)
-    missing = sorted(RECIPE_KEYS - {"smoke"} - set(data))
+    missing = sorted(RECIPE_KEYS - {"inputs", "smoke"} - set(data))
     if unknown or missing:
         raise bad(f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r}")
     for key in ("name", "seed", "dataset"):
@@ -114,37 +166,110 @@ def load_recipe(path: Path) -> Recipe:
     if not _plain_name(data["name"]):
         raise bad("name must be letters, digits, - or _ (it names the output folder)")
 
-    steps = _read_steps(data["steps"], bad)
+    inputs = _read_inputs(data.get("inputs") or {}, bad)
+    steps = _read_steps(data["steps"], inputs, path.parent, bad)
     scores = _read_scores(data["scores"], {s.id for s in steps}, bad)
     _check_published(data["published"], {c.label for c in scores}, bad)
     smoke = data.get("smoke") or {}
-    _check_smoke(smoke, {s.id for s in steps}, bad)
-    return Recipe(path, data["name"], data["seed"], data["dataset"], steps, scores, data["published"], smoke)
+    _check_smoke(smoke, data["dataset"], {s.id for s in steps}, {c.label for c in scores}, bad)
+    if smoke:
+        lacking = [i.name for i in inputs.values() if i.smoke_efficientnet is None]
+        if lacking:
+            raise bad(f"input {lacking[0]} has no smoke_efficientnet, which --smoke writes in its place")
+    return Recipe(
+        path, data["name"], data["seed"], data["dataset"], inputs, steps, scores, data["published"], smoke
+    )
 
 
-def _read_steps(value, bad) -> list[Step]:
+def _read_inputs(value, bad) -> dict[str, Input]:
+    if not isinstance(value, dict):
+        raise bad("inputs must map names to {about, url, smoke_efficientnet}")
+    inputs: dict[str, Input] = {}
+    for name, raw in value.items():
+        where = f"input {name}"
+        if not isinstance(name, str) or not _plain_name(name):
+            raise bad(f"{where}: the name must be letters, digits, - or _ (it names --input NAME=PATH)")
+        if not isinstance(raw, dict) or set(raw) - INPUT_KEYS:
+            raise bad(f"{where} holds only {', '.join(sorted(INPUT_KEYS))}")
+        entry = Input(name, raw.get("about"), raw.get("url"), raw.get("smoke_efficientnet"))
+        if not isinstance(entry.about, str) or not entry.about.strip():
+            raise bad(f"{where} needs an about (what the checkpoint is, for the message when it is missing)")
+        if entry.url is not None and not (isinstance(entry.url, str) and entry.url.startswith("https://")):
+            raise bad(f"{where}: url must be an https:// address of the published file")
+        smoke_name = entry.smoke_efficientnet
+        if smoke_name is not None and not re.fullmatch(r"efficientnet-b[0-8]", str(smoke_name)):
+            raise bad(
+                f"{where}: smoke_efficientnet must be an efficientnet_pytorch name, e.g. efficientnet-b1"
+            )
+        inputs[name] = entry
+    return inputs
+
+
+def _read_steps(value, inputs: dict[str, Input], folder: Path, bad) -> list[Step]:
     steps: list[Step] = []
     for index, raw in enumerate(_list_of_mappings(value, "steps", bad)):
         step = Step(
-            str(raw.get("id", "")), str(raw.get("command", "")), raw.get("args") or {}, raw.get("input")
+            str(raw.get("id", "")),
+            str(raw.get("command", "")),
+            raw.get("args") or {},
+            raw.get("input"),
+            raw.get("teacher"),
+            raw.get("checkpoint"),
+            raw.get("files") or {},
         )
         where = f"step {index + 1} ({step.id or 'no id'})"
-        unknown = sorted(set(raw) - {"id", "command", "args", "input"})
+        unknown = sorted(set(raw) - STEP_KEYS)
         if unknown:
             raise bad(f"{where}: unknown key {unknown[0]!r}")
         if not _plain_name(step.id):
             raise bad(f"{where}: id must be letters, digits, - or _ (it names DIR/<id>.safetensors)")
         if step.id in {s.id for s in steps}:
             raise bad(f"{where}: id {step.id!r} is used twice")
-        if step.command not in STEP_COMMANDS:
-            raise bad(f"{where}: command {step.command!r} is not a stage", hint=", ".join(STEP_COMMANDS))
-        if step.input is not None and step.input not in {s.id for s in steps}:
-            raise bad(f"{where}: input {step.input!r} is not the id of an earlier step")
+        if step.command not in (*STEP_COMMANDS, IMPORT):
+            raise bad(
+                f"{where}: command {step.command!r} is not a stage", hint=", ".join((*STEP_COMMANDS, IMPORT))
+            )
+        for key in ("input", "teacher"):
+            earlier = getattr(step, key)
+            if earlier is not None and earlier not in {s.id for s in steps}:
+                raise bad(f"{where}: {key} {earlier!r} is not the id of an earlier step")
+        if step.command == IMPORT:
+            if step.checkpoint not in inputs:
+                raise bad(
+                    f"{where}: an import names its checkpoint, one of the recipe's inputs",
+                    hint="checkpoint: b1",
+                )
+            if step.input is not None or step.teacher is not None or step.files:
+                raise bad(f"{where}: an import reads its checkpoint only (no input, teacher or files)")
+        elif step.checkpoint is not None:
+            raise bad(f"{where}: only an import step takes a checkpoint")
         check_args(step.args, where, bad)
+        if _flags(step.args) & {"--teacher"}:
+            raise bad(f"{where}: --teacher is set by the runner", hint="name the teacher's step: teacher: ID")
+        step.files = _shipped_files(step, folder, where, bad)
         steps.append(step)
     if not steps:
         raise bad("no steps")
+    unused = sorted(set(inputs) - {s.checkpoint for s in steps})
+    if unused:
+        raise bad(f"input {unused[0]} is imported by no step")
     return steps
+
+
+def _shipped_files(step: Step, folder: Path, where: str, bad) -> dict[str, str]:
+    """`files:` maps options to files beside the recipe: the same mapping with their absolute paths."""
+    if not isinstance(step.files, dict):
+        raise bad(f"{where}: files must map options to files beside the recipe", hint="--recipe: x.yaml")
+    check_args(step.files, f"{where} files", bad, mapping_only=True)
+    paths: dict[str, str] = {}
+    for flag, name in step.files.items():
+        if flag in _flags(step.args):
+            raise bad(f"{where}: {flag} is in both args and files")
+        path = folder / str(name)
+        if not path.is_file():
+            raise bad(f"{where}: {flag} file {path} not found", hint="files are named relative to the recipe")
+        paths[flag] = str(path.resolve())
+    return paths
 
 
 def _read_scores(value, ids: set[str], bad) -> list[Convention]:
@@ -184,22 +309,26 @@ def _check_published(published, labels: set[str], bad) -> None:
         raise bad("published figures must be a mapping of names to figures")
 
 
-def _check_smoke(smoke, ids: set[str], bad) -> None:
+def _check_smoke(smoke, dataset: str, ids: set[str], labels: set[str], bad) -> None:
     if not isinstance(smoke, dict) or set(smoke) - SMOKE_KEYS:
         raise bad(f"smoke holds only {', '.join(sorted(SMOKE_KEYS))}")
+    if smoke and dataset not in SMOKE_DATA:
+        raise bad(f"--smoke writes {' and '.join(SMOKE_DATA)} only, not {dataset}")
     check_args(smoke.get("all_steps") or {}, "smoke all_steps", bad, mapping_only=True)
-    own = smoke.get("steps") or {}
-    if not isinstance(own, dict) or set(own) - ids:
-        raise bad("smoke steps must map step ids to options")
-    for step_id, overrides in own.items():
-        check_args(overrides or {}, f"smoke of step {step_id}", bad, mapping_only=True)
+    for key, known, what in (("steps", ids, "step ids"), ("scores", labels, "score labels")):
+        own = smoke.get(key) or {}
+        if not isinstance(own, dict) or set(own) - known:
+            raise bad(f"smoke {key} must map {what} to options")
+        for name, overrides in own.items():
+            check_args(overrides or {}, f"smoke of {key[:-1]} {name}", bad, mapping_only=True)
     sizes = smoke.get("data") or {}
+    allowed = SMOKE_DATA.get(dataset, set())
     if (
         not isinstance(sizes, dict)
-        or set(sizes) - {"train_per_class", "test_per_class"}
+        or set(sizes) - allowed
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes.values())
     ):
-        raise bad("smoke data takes train_per_class and test_per_class, whole numbers from 1")
+        raise bad(f"smoke data of {dataset} takes {', '.join(sorted(allowed))}, whole numbers from 1")
 
 
 def _plain_name(text: str) -> bool:
@@ -214,6 +343,12 @@ def _list_of_mappings(value, key: str, bad) -> list[dict]:
 
 def _number_or_null(value) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _flags(args: dict | list) -> set[str]:
+    """The option names in a step's options (`--x=1` counts as --x)."""
+    tokens = args if isinstance(args, list) else list(args)
+    return {str(token).split("=")[0] for token in tokens if str(token).startswith("-")}
 
 
 def check_args(args, where: str, bad, mapping_only: bool = False) -> None:
@@ -327,10 +462,14 @@ class Runner:
         smoke: bool = False,
         data_dir: Path | None = None,
         download: bool = False,
+        inputs: dict[str, Path] | None = None,
         dry_run: bool = False,
     ):
-        if smoke and (data_dir is not None or download):
-            raise BadInput("--smoke writes and reads its own data", hint="drop --data-dir and --download")
+        if smoke and (data_dir is not None or download or inputs):
+            raise BadInput(
+                "--smoke writes and reads its own data and checkpoints",
+                hint="drop --data-dir, --download and --input",
+            )
         self.recipe = recipe
         self.dir = Path(out_dir)
         self.smoke = smoke
@@ -338,21 +477,81 @@ class Runner:
         self.download = download
         self.dry_run = dry_run
         self.steps = recipe.smoke_steps() if smoke else recipe.steps
+        self.scores = recipe.smoke_scores() if smoke else recipe.scores
+        self.inputs = self.input_files(inputs or {})
         self.mncli = [sys.executable, "-m", "mncli"]
+
+    def input_files(self, given: dict[str, Path]) -> dict[str, dict]:
+        """Where each of the recipe's inputs is read from, and how it gets there: given (--input),
+        downloaded (--download: DIR/inputs/<the URL's file name>) or smoke (DIR/inputs/<name>.pth).
+        One BadInput names every input that is neither given nor downloadable."""
+        unknown = sorted(set(given) - set(self.recipe.inputs))
+        if unknown:
+            known = ", ".join(self.recipe.inputs) or "none"
+            raise BadInput(
+                f"recipe {self.recipe.name} has no input {unknown[0]}", hint=f"its inputs: {known}"
+            )
+        files: dict[str, dict] = {}
+        missing: list[Input] = []
+        for name, entry in self.recipe.inputs.items():
+            if self.smoke:
+                files[name] = {"path": self.dir / "inputs" / f"{name}.pth", "from": "smoke"}
+            elif name in given:
+                if not Path(given[name]).is_file():
+                    raise BadInput(f"input {name}: {given[name]} is not a file", hint=entry.about)
+                files[name] = {"path": Path(given[name]).resolve(), "from": "given"}
+            elif self.download and entry.url:
+                files[name] = {"path": self.dir / "inputs" / entry.url.rsplit("/", 1)[-1], "from": "download"}
+            else:
+                missing.append(entry)
+        if missing:
+            needs = "; ".join(
+                f"{i.name}, {i.about}: give {i.variable}=PATH to make (--input {i.name}=PATH to run.py)"
+                for i in missing
+            )
+            urls = ", ".join(i.url for i in missing if i.url)
+            raise BadInput(
+                f"recipe {self.recipe.name} needs {needs}",
+                hint=f"or DOWNLOAD=1 (--download) to fetch the published {urls} into DIR/inputs/"
+                if urls
+                else None,
+            )
+        return files
 
     def artifact(self, step_id: str) -> Path:
         return self.dir / f"{step_id}.safetensors"
 
     def settings(self, step: Step, files: dict[str, Path]) -> list[str]:
         """The step's command line without where the data is and without --resume: what a re-run compares."""
-        inputs = [str(self.artifact(step.input))] if step.input else []
-        options = to_argv(step.args, files)
         out = ["-o", str(self.artifact(step.id))]
-        return [step.command, *inputs, *options, "--dataset", self.recipe.dataset, *out]
+        options = to_argv(step.args, files)
+        if step.command == IMPORT:
+            return [step.command, str(self.inputs[step.checkpoint]["path"]), *options, *out]
+        inputs = [str(self.artifact(step.input))] if step.input else []
+        shipped = to_argv(step.files or {}, {})
+        teacher = ["--teacher", str(self.artifact(step.teacher))] if step.teacher else []
+        return [step.command, *inputs, *options, *shipped, *teacher, "--dataset", self.recipe.dataset, *out]
 
     def data_options(self) -> list[str]:
         location = ["--data-dir", str(self.data_dir)] if self.data_dir is not None else []
         return location + (["--download"] if self.download else [])
+
+    def command_line(self, step: Step, files: dict[str, Path], resume: bool = True) -> list[str]:
+        """The whole argv of a step: a stage also gets the data options and --resume; an import neither."""
+        if step.command == IMPORT:
+            return [*self.mncli, *self.settings(step, files)]
+        return [
+            *self.mncli,
+            *self.settings(step, files),
+            *self.data_options(),
+            *(["--resume"] if resume else []),
+        ]
+
+    def read_files(self, step: Step) -> list[Path]:
+        """The files a step reads besides its options: its input and teacher artifacts, or its checkpoint."""
+        if step.command == IMPORT:
+            return [Path(self.inputs[step.checkpoint]["path"])]
+        return [self.artifact(s) for s in (step.input, step.teacher) if s]
 
     def score_command(self, convention: Convention) -> list[str]:
         artifact = str(self.artifact(convention.step))
@@ -364,22 +563,62 @@ class Runner:
         """--dry-run: every command, in order, and the files the runner would write for them."""
         if self.smoke:
             writer = [sys.executable, str(Path(__file__).with_name("smoke_data.py")), str(self.data_dir)]
+            sizes = self.recipe.smoke.get("data") or {}
+            writer += ["--dataset", self.recipe.dataset]
+            writer += [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
             print(f"# smoke data: {shlex.join(writer)}")
+        for name, source in self.inputs.items():
+            entry = self.recipe.inputs[name]
+            classes = self.smoke_classes()
+            how = {
+                "smoke": f"a random efficientnet_pytorch {entry.smoke_efficientnet}, {classes} classes",
+                "given": "given",
+                "download": f"downloaded from {entry.url}",
+            }[source["from"]]
+            print(f"# input {name}: {source['path']} ({how})")
         for step in self.steps:
             files = option_files(step, self.dir)
             for flag, path in files.items():
                 text = _yaml(step.args[flag]).rstrip()
                 print(f"# {path} ({flag}):\n" + "\n".join(f"#   {line}" for line in text.splitlines()))
-            print(shlex.join([*self.mncli, *self.settings(step, files), *self.data_options(), "--resume"]))
-        for convention in self.recipe.scores:
+            print(shlex.join(self.command_line(step, files)))
+        for convention in self.scores:
             print(shlex.join(self.score_command(convention)))
 
-    def write_smoke_data(self) -> None:
-        if (self.data_dir / FOLDER / "train").is_file():
-            return
+    def smoke_classes(self) -> int:
         sizes = self.recipe.smoke.get("data") or {}
-        folder = write_smoke_cifar100(self.data_dir, **sizes)
-        log(f"smoke data: {folder}")
+        return sizes.get("classes", SMOKE_CLASSES[self.recipe.dataset])
+
+    def write_smoke_data(self) -> None:
+        sizes = self.recipe.smoke.get("data") or {}
+        if self.recipe.dataset == "imagenet":
+            if not (self.data_dir / IMAGENET_FOLDER / "train").is_dir():
+                log(f"smoke data: {write_smoke_imagenet(self.data_dir, **sizes)}")
+        elif not (self.data_dir / FOLDER / "train").is_file():
+            log(f"smoke data: {write_smoke_cifar100(self.data_dir, **sizes)}")
+        for name, source in self.inputs.items():
+            if not source["path"].is_file():
+                arch = self.recipe.inputs[name].smoke_efficientnet
+                write_smoke_efficientnet(source["path"], arch, self.smoke_classes())
+                log(f"smoke input {name}: {source['path']} (random {arch})")
+
+    def fetch_inputs(self) -> None:
+        """--download: each input that is neither given nor there yet, from its URL (torch.hub)."""
+        for name, source in self.inputs.items():
+            if source["from"] != "download" or source["path"].is_file():
+                continue
+            from torch.hub import download_url_to_file
+
+            url = self.recipe.inputs[name].url
+            log(f"input {name}: downloading {url}")
+            source["path"].parent.mkdir(parents=True, exist_ok=True)
+            try:
+                download_url_to_file(url, str(source["path"]))
+            except Exception as exc:  # noqa: BLE001 - network errors come in many types
+                raise RuntimeFailure(
+                    f"downloading input {name} from {url} failed: {exc}",
+                    hint=f"fetch it by hand and give {self.recipe.inputs[name].variable}=PATH",
+                ) from None
 
     def verified(self, path: Path) -> bool:
         code, _ = call([*self.mncli, "verify", str(path), "-q"], capture=True)
@@ -389,32 +628,39 @@ class Runner:
         """Run one step unless it is done; returns its row for the summary, or raises StepFailed."""
         files = option_files(step, self.dir)
         contents = {str(path): step.args[flag] for flag, path in files.items()}
+        contents.update(
+            {path: Path(path).read_text(encoding="utf-8") for path in (step.files or {}).values()}
+        )
         settings = self.settings(step, files)
         record_path = self.dir / f"{step.id}.step.json"
         previous = _read_json(record_path)
         record = {"settings": settings, "files": contents}
         same = previous is not None and {key: previous.get(key) for key in record} == record
+        # what it reads: a step after one that ran again runs again too
+        reads = {str(path): file_sha256(path) for path in self.read_files(step)}
+        read_before = previous is not None and previous.get("reads", reads) == reads
         out = self.artifact(step.id)
         name = f"step {number}/{len(self.steps)} {step.id}"
-        if same and previous.get("done") and out.is_file() and self.verified(out):
+        if same and read_before and previous.get("done") and out.is_file() and self.verified(out):
             log(f"{name}: done before, {out} verified: skipped")
             return {"id": step.id, "command": shlex.join(["mncli", *settings]), "status": "skipped"}
         if previous is not None and not same:
             log(f"{name}: its command changed since the last run: starting it over")
+        elif previous is not None and not read_before:
+            log(f"{name}: the files it reads changed since the last run: starting it over")
         for flag, path in files.items():
             path.write_text(_yaml(step.args[flag]), encoding="utf-8")
         # --resume continues an interrupted step (without a checkpoint it starts from the beginning),
-        # unless the command changed: its checkpoint would be another run's
-        resume = ["--resume"] if previous is None or same else []
-        argv = [*self.mncli, *settings, *self.data_options(), *resume]
-        _write_json(record_path, {**record, "done": False})
+        # unless the command or what it reads changed: its checkpoint would be another run's
+        argv = self.command_line(step, files, resume=previous is None or (same and read_before))
+        _write_json(record_path, {**record, "reads": reads, "done": False})
         log(f"{name}: {shlex.join(['mncli', *argv[len(self.mncli) :]])}")
         started = time.monotonic()
         code, _ = call(argv)
         seconds = round(time.monotonic() - started, 1)
         if code != 0:
             raise StepFailed(name, step.command, code)
-        _write_json(record_path, {**record, "done": True, "seconds": seconds})
+        _write_json(record_path, {**record, "reads": reads, "done": True, "seconds": seconds})
         log(f"{name}: done in {seconds:g} s")
         return {
             "id": step.id,
@@ -450,6 +696,19 @@ class Runner:
             "claims": result["claims"],
         }
 
+    def input_record(self) -> dict:
+        """What summary.json says of each input: where it was read from, how it got there, its hash."""
+        return {
+            name: {
+                "path": str(source["path"]),
+                "from": source["from"],
+                "sha256": file_sha256(source["path"]),
+                "about": self.recipe.inputs[name].about,
+                "url": self.recipe.inputs[name].url,
+            }
+            for name, source in self.inputs.items()
+        }
+
     def run(self) -> int:
         if self.dry_run:
             self.print_plan()
@@ -457,6 +716,7 @@ class Runner:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.smoke:
             self.write_smoke_data()
+        self.fetch_inputs()
         log(f"{self.recipe.name}: {len(self.steps)} steps into {self.dir}{' (smoke)' if self.smoke else ''}")
         rows = []
         try:
@@ -466,7 +726,7 @@ class Runner:
             warn(f"{failed.name} (mncli {failed.command}) failed with exit code {failed.code}")
             log("the finished steps are kept: run the same command again to continue")
             return failed.code
-        scores = [self.score(convention) for convention in self.recipe.scores]
+        scores = [self.score(convention) for convention in self.scores]
         summary = {
             "recipe": self.recipe.name,
             "recipe_file": str(self.recipe.path),
@@ -474,6 +734,7 @@ class Runner:
             "dataset": self.recipe.dataset,
             "smoke": self.smoke,
             "dir": str(self.dir),
+            "inputs": self.input_record(),
             "steps": rows,
             "scores": scores,
             "published": self.recipe.published,
@@ -566,6 +827,19 @@ def print_table(summary: dict) -> None:
 # --- the command line
 
 
+def parse_inputs(pairs: list[str]) -> dict[str, Path]:
+    """--input NAME=PATH, each name once."""
+    inputs: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise BadInput(f"--input {pair!r} is not NAME=PATH", hint="e.g. --input b1=efficientnet-b1.pth")
+        if name in inputs:
+            raise BadInput(f"--input {name} is given twice")
+        inputs[name] = Path(path)
+    return inputs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run a 2019 MicroNet entry's pipeline through mncli from its recipe file."
@@ -573,11 +847,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", type=Path, help="the recipe, e.g. reproduce/ec2t-cifar100.yaml")
     parser.add_argument("--dir", type=Path, help="where the artifacts go (default runs/reproduce/NAME)")
     parser.add_argument(
-        "--smoke", action="store_true", help="the same chain on a small CIFAR-100, a few steps"
+        "--smoke",
+        action="store_true",
+        help="the same chain on small data and random checkpoints it writes, a few steps",
     )
     parser.add_argument("--data-dir", type=Path, help="where the datasets are (default: mncli's search)")
     parser.add_argument(
-        "--download", action="store_true", help="download CIFAR-100 with torchvision if missing"
+        "--download",
+        action="store_true",
+        help="download what is missing: CIFAR with torchvision, the recipe's inputs from their URLs",
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="the checkpoint for one of the recipe's inputs (repeatable), e.g. b1=efficientnet-b1.pth",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
@@ -587,12 +872,12 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.dir or Path("runs") / ("reproduce-smoke" if args.smoke else "reproduce") / recipe.name
         runner = Runner(
             recipe, out_dir, smoke=args.smoke, data_dir=args.data_dir, download=args.download,
-            dry_run=args.dry_run,
+            inputs=parse_inputs(args.input), dry_run=args.dry_run,
         )  # fmt: skip
         return runner.run()
-    except BadInput as exc:
+    except MncliError as exc:
         print(f"error: {exc.message}" + (f" (hint: {exc.hint})" if exc.hint else ""), file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130

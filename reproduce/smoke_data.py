@@ -1,15 +1,24 @@
-"""Write a small CIFAR-100 in the dataset's own format, for the smoke runs of the reproduction targets.
+"""Write the small datasets and checkpoints of the reproduction targets' smoke runs, in the real formats.
 
-    python reproduce/smoke_data.py DIR [--train-per-class 4] [--test-per-class 2]
+    python reproduce/smoke_data.py DIR [--dataset cifar100] [--train-per-class 4] [--test-per-class 2]
+    python reproduce/smoke_data.py DIR --dataset imagenet [--classes 10] [--image-size 64] ...
 
-writes DIR/cifar-100-python/{train,test,meta} as the published archive holds them: pickles of protocol 2
-whose strings are Python 2 byte strings (they load as b'data' with encoding="bytes" and as 'data' with
-encoding="latin1", the way torchvision and mncli read the real files); the arrays are pickled by the
-installed numpy, under its names for them. train and test hold b'data'
+cifar100 writes DIR/cifar-100-python/{train,test,meta} as the published archive holds them: pickles of
+protocol 2 whose strings are Python 2 byte strings (they load as b'data' with encoding="bytes" and as
+'data' with encoding="latin1", the way torchvision and mncli read the real files); the arrays are
+pickled by the installed numpy, under its names for them. train and test hold b'data'
 (uint8, N x 3072, the red, green and blue planes of each 32 x 32 image), b'fine_labels',
 b'coarse_labels', b'filenames' and b'batch_label'; meta holds b'fine_label_names' and
-b'coarse_label_names'. Every one of the 100 classes has the same number of images. Each class has its
-own colour and stripe direction, with noise on top, so a network learns something in a few steps.
+b'coarse_label_names'. Every one of the 100 classes has the same number of images.
+
+imagenet writes an ImageFolder tree as ImageNet's is unpacked: DIR/imagenet/train/<wnid>/<wnid>_<i>.JPEG
+and DIR/imagenet/val/<wnid>/ILSVRC2012_val_<n>.JPEG, RGB JPEGs of --image-size px, one folder per
+class named like a WordNet id.
+
+In both, each class has its own colour and stripe direction, with noise on top, so a network learns
+something in a few steps. `write_smoke_efficientnet` saves a randomly initialised lukemelas
+efficientnet_pytorch model's state dict with DataParallel's `module.` prefix on every key, as the
+Distiller fork's checkpoints hold it: the stand-in for the published pretrained weights.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ COARSE_OF_FINE = {
     for name in members
 }
 FOLDER = "cifar-100-python"
+IMAGENET_FOLDER = "imagenet"  # one of the folders mncli looks for imagenet in under --data-dir
 
 
 class Python2Pickler(pickle._Pickler):
@@ -79,16 +89,16 @@ def write_pickle(path: Path, obj: dict) -> None:
         Python2Pickler(handle, protocol=2).dump(obj)
 
 
-def images_of(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """N x 3072 uint8 images: each class a colour with horizontal or vertical stripes, plus noise."""
-    palette = np.random.default_rng(100).integers(40, 216, (100, 3))
-    stripes = (np.arange(32) // 4 % 2 * 60 - 30).astype(np.int64)
-    n = len(labels)
-    images = np.repeat(palette[labels][:, :, None, None], 32, axis=2).repeat(32, axis=3)
+def images_of(labels: np.ndarray, rng: np.random.Generator, classes: int = 100, size: int = 32) -> np.ndarray:
+    """N x 3 x size x size uint8 images: each class a colour with horizontal or vertical stripes
+    (4 px wide), plus noise."""
+    palette = np.random.default_rng(100).integers(40, 216, (classes, 3))
+    stripes = (np.arange(size) // 4 % 2 * 60 - 30).astype(np.int64)
+    images = np.repeat(palette[labels][:, :, None, None], size, axis=2).repeat(size, axis=3)
     vertical = (labels % 2 == 1)[:, None, None, None]
     images = images + np.where(vertical, stripes[None, None, None, :], stripes[None, None, :, None])
     images = images + rng.normal(0, 20, images.shape).round().astype(np.int64)
-    return np.clip(images, 0, 255).astype(np.uint8).reshape(n, 3 * 32 * 32)
+    return np.clip(images, 0, 255).astype(np.uint8)
 
 
 def batch(name: str, per_class: int, rng: np.random.Generator) -> dict:
@@ -99,7 +109,7 @@ def batch(name: str, per_class: int, rng: np.random.Generator) -> dict:
         "batch_label": f"{name} batch 1 of 1",
         "fine_labels": [int(label) for label in labels],
         "coarse_labels": [COARSE_OF_FINE[int(label)] for label in labels],
-        "data": images_of(labels, rng),
+        "data": images_of(labels, rng).reshape(len(labels), 3 * 32 * 32),
     }
 
 
@@ -114,15 +124,67 @@ def write_smoke_cifar100(root: Path, train_per_class: int = 4, test_per_class: i
     return folder
 
 
+def wnid(label: int) -> str:
+    """A class folder's name, shaped like ImageNet's WordNet ids (n01440764, ...)."""
+    return f"n{label + 1:08d}"
+
+
+def write_jpegs(folder: Path, labels: np.ndarray, names: list[str], rng, classes: int, size: int) -> None:
+    from PIL import Image
+
+    for label, name, image in zip(labels, names, images_of(labels, rng, classes, size), strict=True):
+        target = folder / wnid(int(label)) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(target, format="JPEG", quality=90)
+
+
+def write_smoke_imagenet(
+    root: Path, classes: int = 10, train_per_class: int = 4, test_per_class: int = 2, image_size: int = 64
+) -> Path:
+    """Write DIR/imagenet/{train,val}/<wnid>/*.JPEG (classes x per-class images each); returns that
+    folder."""
+    folder = Path(root) / IMAGENET_FOLDER
+    rng = np.random.default_rng(0)
+    train = np.repeat(np.arange(classes), train_per_class)
+    names = [f"{wnid(int(label))}_{i % train_per_class + 1}.JPEG" for i, label in enumerate(train)]
+    write_jpegs(folder / "train", train, names, rng, classes, image_size)
+    val = np.tile(np.arange(classes), test_per_class)
+    names = [f"ILSVRC2012_val_{n + 1:08d}.JPEG" for n in range(len(val))]
+    write_jpegs(folder / "val", val, names, rng, classes, image_size)
+    return folder
+
+
+def write_smoke_efficientnet(path: Path, name: str, num_classes: int) -> Path:
+    """Save efficientnet_pytorch's `EfficientNet.from_name(name, num_classes=...)`, randomly initialised
+    (seed 0), as a state dict whose keys carry DataParallel's `module.` prefix."""
+    import torch
+    from efficientnet_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    model = EfficientNet.from_name(name, num_classes=num_classes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"module.{key}": value for key, value in model.state_dict().items()}, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir", type=Path, help="folder to write cifar-100-python/ into")
+    parser.add_argument("dir", type=Path, help="folder to write cifar-100-python/ or imagenet/ into")
+    parser.add_argument("--dataset", choices=("cifar100", "imagenet"), default="cifar100")
     parser.add_argument("--train-per-class", type=int, default=4)
     parser.add_argument("--test-per-class", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=10, help="imagenet: the number of classes")
+    parser.add_argument("--image-size", type=int, default=64, help="imagenet: the JPEGs' width and height")
     args = parser.parse_args(argv)
-    if args.train_per_class < 1 or args.test_per_class < 1:
-        parser.error("--train-per-class and --test-per-class must be at least 1")
-    folder = write_smoke_cifar100(args.dir, args.train_per_class, args.test_per_class)
+    if min(args.train_per_class, args.test_per_class, args.classes, args.image_size) < 1:
+        parser.error("--train-per-class, --test-per-class, --classes and --image-size must be at least 1")
+    if args.dataset == "cifar100":
+        folder = write_smoke_cifar100(args.dir, args.train_per_class, args.test_per_class)
+    else:
+        folder = write_smoke_imagenet(
+            args.dir, args.classes, args.train_per_class, args.test_per_class, args.image_size
+        )
     print(folder)
     return 0
 

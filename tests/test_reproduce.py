@@ -1,7 +1,10 @@
 """The reproduction targets (reproduce/): each recipe names only real mncli commands and options, the
-smoke CIFAR-100 loads through mncli's own reader, every smoke target runs end to end through the runner
-and writes summary.json with a score per convention, a re-run skips the finished steps, and a failing
-step stops the run naming the step and its exit code."""
+smoke data (CIFAR-100's pickles, an ImageFolder of JPEGs, efficientnet_pytorch checkpoints with a
+`module.` prefix) loads through mncli's own readers, every smoke target runs end to end through the
+runner and writes summary.json with a score per convention, the Distiller schedule file reads into the
+seed's groups, a re-run skips the finished steps and runs again a step whose command or input changed,
+a missing checkpoint is one line naming its variable, and a failing step stops the run naming the step
+and its exit code."""
 
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from mncli.errors import BadInput
 
 REPRODUCE = Path(__file__).resolve().parents[1] / "reproduce"
 RECIPES = ["ec2t-cifar100", "mit-cifar100", "rl1-cifar100"]
+IMAGENET_RECIPES = ["distiller-imagenet", "ec2t-imagenet"]
+# The px each score counts at, full and smoke: Distiller's 224 (its own count's input), EC2T's 256.
+SCORE_SIZES = {"distiller-imagenet": (224, 64), "ec2t-imagenet": (256, 72)}
 
 
 def _load(name: str, module_name: str):
@@ -42,6 +48,12 @@ def _run(*args) -> subprocess.CompletedProcess:
 
 def _summary(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
+
+
+def _manifest_layers(path: Path) -> dict:
+    from mncli.artifact.io import read_manifest
+
+    return read_manifest(path)["compression"]["layers"]
 
 
 # --- the recipes
@@ -282,3 +294,258 @@ def test_a_stopped_run_continues_the_interrupted_step_from_its_checkpoint(tmp_pa
     )
     assert "resuming from" in again.stderr and "epoch 1/6" not in again.stderr
     assert _summary(out)["steps"][0]["status"] == "ran"
+
+
+# --- the ImageNet recipes
+
+
+@pytest.mark.parametrize("name", IMAGENET_RECIPES)
+@pytest.mark.parametrize("mode", ["given", "download", "smoke"])
+def test_each_imagenet_recipe_parses_with_the_commands_it_names(tmp_path, name, mode):
+    """Every step and score, full and smoke, parses as the mncli command it runs; an import gets the
+    checkpoint (given, where --download puts it, or the smoke one) and no data options, a stage the
+    runner's options and the teacher's artifact."""
+    import typer
+    from efficientnet_pytorch.utils import url_map
+
+    from mncli.cli.app import app
+
+    commands = typer.main.get_command(app).commands
+    recipe = runner.load_recipe(REPRODUCE / f"{name}.yaml")
+    assert recipe.name == name and recipe.dataset == "imagenet"
+    assert {n: i.url for n, i in recipe.inputs.items()} == {
+        n: url_map[f"efficientnet-{n}"] for n in recipe.inputs
+    }
+    given = {}
+    if mode == "given":
+        for input_name in recipe.inputs:
+            given[input_name] = tmp_path / f"my-{input_name}.pth"
+            given[input_name].write_bytes(b"weights")
+    plan = runner.Runner(recipe, tmp_path, smoke=mode == "smoke", download=mode == "download", inputs=given)
+    expected_inputs = {
+        "given": {n: given.get(n) for n in recipe.inputs},
+        "download": {n: tmp_path / "inputs" / recipe.inputs[n].url.rsplit("/", 1)[-1] for n in recipe.inputs},
+        "smoke": {n: tmp_path / "inputs" / f"{n}.pth" for n in recipe.inputs},
+    }[mode]
+    for step in plan.steps:
+        files = runner.option_files(step, tmp_path)
+        argv = plan.command_line(step, files)[len(plan.mncli) :]
+        context = commands[argv[0]].make_context(argv[0], argv[1:])
+        assert context.params["out"] == str(tmp_path / f"{step.id}.safetensors")
+        if step.command == "import":
+            assert context.params["checkpoint"] == str(expected_inputs[step.checkpoint].resolve())
+            assert context.params["arch"] == {"b1": "efficientnet-b1", "b2": "efficientnet-b2"}[step.id]
+            continue
+        assert context.params["dataset"] == "imagenet" and context.params["resume"]
+        assert context.params["download"] == (mode == "download")
+        if mode == "smoke":
+            assert context.params["data_dir"] == str(tmp_path / "data") and context.params["val_size"] == 10
+            assert context.params["image_size"] in (64, 72)
+        else:
+            assert context.params["image_size"] in (224, 256)
+        if step.teacher:
+            assert context.params["teacher"] == str(tmp_path / f"{step.teacher}.safetensors")
+    assert [s.command for s in plan.steps] == [s.command for s in recipe.steps]  # smoke: same chain
+    for convention in plan.scores:
+        argv = plan.score_command(convention)[len(plan.mncli) :]
+        context = commands["score"].make_context("score", argv[1:])
+        assert context.params["image_size"] == SCORE_SIZES[name][mode == "smoke"]
+    assert set(recipe.published["scores"]) <= {c.label for c in recipe.scores}
+
+
+def test_the_distiller_schedule_reads_into_the_seeds_groups():
+    """reproduce/distiller-pruning2.yaml, read by prune's own reader onto mncli's efficientnet-b1:
+    every one of B1's 116 conv/linear layers in one of the seed's six groups, at its sparsity."""
+    from mncli.compress.prune.distiller import read_schedule
+    from mncli.compress.recipe import compute_layers
+    from mncli.models import create_model
+    from mncli.scoring import meta_device
+
+    schedule = read_schedule(REPRODUCE / "distiller-pruning2.yaml")
+    assert schedule is not None and schedule.last_epoch == 40
+    with meta_device():
+        model = create_model("efficientnet-b1", num_classes=10)
+    plan = schedule.plan(model)
+    finals = plan.finals()
+    assert set(finals) == set(compute_layers(model)) and len(finals) == 116
+    assert finals["stem.conv"] == 0.3
+    assert finals["blocks.0.dw"] == finals["blocks.12.dw"] == finals["blocks.21.dw"] == 0.25
+    assert finals["blocks.10.dw"] == finals["blocks.22.dw"] == 0.7
+    assert finals["blocks.2.expand"] == finals["blocks.16.project"] == finals["blocks.0.project"] == 0.25
+    assert finals["blocks.7.expand"] == finals["blocks.9.project"] == finals["blocks.22.expand"] == 0.6
+    assert finals["blocks.5.se.reduce"] == finals["blocks.22.se.expand"] == 0.7
+    assert finals["head.conv"] == finals["classifier"] == 0.65
+    assert plan.sources["blocks.3.expand"]["weight"] == "module._blocks.3._expand_conv.weight"
+    assert {p.window.epochs() for p in schedule.pruners} == {range(0, 20, 2)}
+    assert all(p.initial == 0.05 for p in schedule.pruners)
+    assert plan.targets_at(0)["head.conv"] == pytest.approx(0.05)
+    assert plan.targets_at(18)["head.conv"] == pytest.approx(0.65)  # AGP reaches it at its last step
+    (decay,) = schedule.lr_policies
+    assert (decay.kind, decay.gamma, decay.window.epochs()) == ("ExponentialLR", 0.9, range(20, 40))
+    assert plan.lr_factor(20) == 1.0 and plan.lr_factor(21) == pytest.approx(0.9**21)
+
+
+def test_smoke_imagenet_is_an_image_folder_of_jpegs_and_loads_through_mncli(tmp_path):
+    from mncli.data import load_data
+
+    folder = smoke_data.write_smoke_imagenet(tmp_path, classes=3, train_per_class=4, test_per_class=2)
+    assert folder == tmp_path / "imagenet"
+    train = sorted((folder / "train").glob("*/*.JPEG"))
+    assert len(train) == 12 and train[0].read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG's SOI marker
+    assert sorted(p.name for p in (folder / "val").iterdir()) == ["n00000001", "n00000002", "n00000003"]
+    data = load_data("imagenet", data_dir=tmp_path, val_size=3, image_size=32)
+    assert (data.num_classes, data.in_channels, data.image_size) == (3, 3, 32)
+    assert (len(data.train), len(data.val), len(data.test)) == (9, 3, 6)
+
+
+def test_smoke_checkpoint_is_efficientnet_pytorch_with_the_dataparallel_prefix(tmp_path):
+    import torch
+
+    path = smoke_data.write_smoke_efficientnet(tmp_path / "b0.pth", "efficientnet-b0", 7)
+    state = torch.load(path, weights_only=True)
+    assert all(key.startswith("module.") for key in state)
+    assert state["module._fc.weight"].shape == (7, 1280)
+
+
+# --- the ImageNet smoke targets, end to end (the smoke_runs fixture above)
+
+
+@pytest.mark.parametrize("name", IMAGENET_RECIPES)
+def test_each_imagenet_smoke_target_runs_end_to_end_and_scores_every_convention(smoke_runs, name):
+    folder, done = smoke_runs(name)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recipe = runner.load_recipe(REPRODUCE / f"{name}.yaml")
+    summary = _summary(folder)
+    assert summary["recipe"] == name and summary["smoke"] is True and summary["dataset"] == "imagenet"
+    assert [(s["id"], s["status"]) for s in summary["steps"]] == [(s.id, "ran") for s in recipe.steps]
+    assert "stripped key prefixes: module." in done.stderr  # the smoke checkpoints are DataParallel's
+    for input_name, entry in summary["inputs"].items():
+        assert entry["from"] == "smoke" and entry["path"] == str(folder / "inputs" / f"{input_name}.pth")
+        assert len(entry["sha256"]) == 64 and entry["url"] == recipe.inputs[input_name].url
+    rows = {row["label"]: row for row in summary["scores"]}
+    assert list(rows) == [c.label for c in recipe.scores]
+    for label, row in rows.items():
+        assert row["score"] > 0 and row["params"] > 0 and row["ops"] > 0, row
+        assert 0 <= row["accuracy"] <= 100
+        assert row["published_score"] == recipe.published["scores"][label]
+    assert summary["published"]["verified_score"] == recipe.published["verified_score"]
+    assert "mncli beside the published entry" in done.stdout
+
+    if name == "distiller-imagenet":
+        pruned = _manifest_layers(folder / "prune.safetensors")
+        assert pruned["blocks.13.dw"]["sparsity"] == pytest.approx(0.7, abs=1e-3)
+        assert pruned["blocks.0.dw"]["sparsity"] == pytest.approx(0.25, abs=1e-2)
+        assert pruned["classifier"]["sparsity"] == pytest.approx(0.65, abs=1e-3)
+        layers = _manifest_layers(folder / "quantize.safetensors")
+        assert layers["stem.conv"]["weight"]["bits"] == 32 and "act" not in layers["stem.conv"]
+        assert layers["classifier"]["weight"]["bits"] == 2.5 and "act" not in layers["classifier"]
+        block = layers["blocks.5.expand"]
+        assert (block["weight"]["bits"], block["weight"]["per_channel"], block["act"]["bits"]) == (4, True, 4)
+        assert layers["blocks.13.dw"]["sparsity"] == pytest.approx(0.7, abs=1e-3)  # zeros kept
+    if name == "ec2t-imagenet":
+        ternary = _manifest_layers(folder / "ternarize.safetensors")
+        formats = {n: (spec.get("weight") or {}).get("format") for n, spec in ternary.items()}
+        assert formats["blocks.3.expand"] == formats["blocks.3.project"] == formats["head.conv"] == "ternary"
+        assert formats.get("blocks.3.se.expand") != "ternary" and formats.get("blocks.3.dw") != "ternary"
+        pruned = _manifest_layers(folder / "entropy-prune.safetensors")
+        assert pruned["blocks.3.se.reduce"]["mask"] and pruned["classifier"]["mask"]
+        threshold = _manifest_layers(folder / "threshold.safetensors")
+        assert {n for n, s in threshold.items() if s.get("method") == "threshold"} == {
+            f"blocks.{i}.dw" for i in range(23)
+        }
+        fp16 = _manifest_layers(folder / "fp16.safetensors")
+        assert (
+            fp16["blocks.3.dw"]["weight"]["bits"] == 16
+            and fp16["blocks.3.expand"]["weight"]["format"] == "ternary"
+        )
+        official, ec2t, adds16 = rows["official"], rows["ec2t"], rows["ec2t-16bit-adds"]
+        assert ec2t["params"] < official["params"] and ec2t["ops"] < official["ops"]
+        assert adds16["ops"] < ec2t["ops"] and adds16["conventions"]["add_bits"] == 16
+
+
+# --- inputs
+
+
+def test_a_missing_checkpoint_is_one_line_naming_its_variable(tmp_path):
+    out = tmp_path / "run"
+    done = _run(REPRODUCE / "distiller-imagenet.yaml", "--dir", out, "--input", f"b1={tmp_path}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "is not a file" in done.stderr
+
+    b1 = tmp_path / "b1.pth"
+    b1.write_bytes(b"weights")
+    done = _run(REPRODUCE / "distiller-imagenet.yaml", "--dir", out, "--input", f"b1={b1}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "B2=PATH" in done.stderr and "--input b2=PATH" in done.stderr and "B1=" not in done.stderr
+    assert "efficientnet-b2-8bb594d6.pth" in done.stderr and "DOWNLOAD=1" in done.stderr
+    assert not out.exists()
+
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "reproduce-ec2t-imagenet", "B1=/x/b1.pth", "SMOKE=0"],
+        cwd=REPRODUCE.parent, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (
+        "reproduce/run.py reproduce/ec2t-imagenet.yaml" in make.stdout
+        and "--input b1=/x/b1.pth" in make.stdout
+    )
+    done = _run(REPRODUCE / "ec2t-imagenet.yaml", "--dir", out)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "B1=PATH" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--input", "b3=x.pth"], "has no input b3"),
+        (["--input", "b1"], "is not NAME=PATH"),
+        (["--smoke", "--input", "b1=x.pth"], "--smoke writes and reads its own"),
+    ],
+    ids=["unknown", "no-path", "smoke"],
+)
+def test_wrong_inputs_are_one_line(tmp_path, args, words):
+    done = _run(REPRODUCE / "ec2t-imagenet.yaml", "--dir", tmp_path / "run", "--dry-run", *args)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+
+
+def test_a_step_whose_checkpoint_or_input_changed_runs_again(tmp_path):
+    """An import of a user-given checkpoint, then a stage on it: re-run as they are, both are skipped;
+    with another file at the same path, the import runs again, and so does the step after it."""
+    import torch
+
+    from mncli.models import create_model
+
+    recipe = {
+        "name": "tiny-import",
+        "seed": "none: a test chain",
+        "dataset": "synthetic:classes=4,shape=3x8x8,train=64,test=16",
+        "inputs": {"net": {"about": "a test-cnn state dict", "url": "https://example.invalid/net.pth"}},
+        "steps": [
+            {"id": "net", "command": "import", "checkpoint": "net",
+             "args": {"--arch": "test-cnn", "--arch-opt": ["num_classes=4", "input_size=8"]}},
+            {"id": "pruned", "command": "prune", "input": "net",
+             "args": {"--sparsity": 0.5, "--method": "magnitude", "--epochs": 0, "--device": "cpu"}},
+        ],
+        "scores": [{"label": "official", "step": "pruned", "args": {}}],
+        "published": {"source": "none", "accuracy": None},
+    }  # fmt: skip
+    path, out, checkpoint = tmp_path / "tiny.yaml", tmp_path / "run", tmp_path / "net.pth"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    torch.manual_seed(0)
+    torch.save(create_model("test-cnn", num_classes=4, input_size=8).state_dict(), checkpoint)
+
+    first = _run(path, "--dir", out, "--input", f"net={checkpoint}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = _summary(out)
+    assert summary["inputs"]["net"]["from"] == "given" and summary["inputs"]["net"]["path"] == str(checkpoint)
+    assert [s["status"] for s in summary["steps"]] == ["ran", "ran"]
+
+    again = _run(path, "--dir", out, "--input", f"net={checkpoint}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [s["status"] for s in _summary(out)["steps"]] == ["skipped"] * 2
+
+    torch.manual_seed(1)
+    torch.save(create_model("test-cnn", num_classes=4, input_size=8).state_dict(), checkpoint)
+    changed = _run(path, "--dir", out, "--input", f"net={checkpoint}")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "step 1/2 net: the files it reads changed since the last run: starting it over" in changed.stderr
+    assert "step 2/2 pruned: the files it reads changed since the last run" in changed.stderr
+    assert [s["status"] for s in _summary(out)["steps"]] == ["ran"] * 2
