@@ -50,6 +50,20 @@ def _summary(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
+def _scored_beside_the_published(summary: dict, recipe, done) -> dict[str, dict]:
+    """Every convention scored, with the entry's published figures beside it; the rows by label."""
+    rows = {row["label"]: row for row in summary["scores"]}
+    assert list(rows) == [c.label for c in recipe.scores]
+    for label, row in rows.items():
+        assert row["score"] > 0 and row["params"] > 0 and row["ops"] > 0, row
+        assert 0 <= row["accuracy"] <= 100
+        assert row["published_score"] == recipe.published["scores"][label]
+    assert summary["published"]["accuracy"] == recipe.published["accuracy"]
+    assert summary["published"]["verified_score"] == recipe.published["verified_score"]
+    assert "mncli beside the published entry" in done.stdout
+    return rows
+
+
 def _manifest_layers(path: Path) -> dict:
     from mncli.artifact.io import read_manifest
 
@@ -185,14 +199,7 @@ def test_each_smoke_target_runs_end_to_end_and_scores_every_convention(smoke_run
     for step in recipe.steps:
         assert f"step {recipe.steps.index(step) + 1}/{len(recipe.steps)} {step.id}: done" in done.stderr
         assert (folder / f"{step.id}.safetensors").is_file()
-    rows = {row["label"]: row for row in summary["scores"]}
-    assert list(rows) == [c.label for c in recipe.scores]
-    for label, row in rows.items():
-        assert row["score"] > 0 and row["params"] > 0 and row["ops"] > 0, row
-        assert 0 <= row["accuracy"] <= 100
-        assert row["published_score"] == recipe.published["scores"][label]
-    assert summary["published"]["accuracy"] == recipe.published["accuracy"]
-    assert "mncli beside the published entry" in done.stdout
+    rows = _scored_beside_the_published(summary, recipe, done)
     if name == "ec2t-cifar100":
         # EC2T's counting: a sign bit per non-zero and 2 mults per output; then 16-bit adds
         official, ec2t, adds16 = rows["official"], rows["ec2t"], rows["ec2t-16bit-adds"]
@@ -422,14 +429,7 @@ def test_each_imagenet_smoke_target_runs_end_to_end_and_scores_every_convention(
     for input_name, entry in summary["inputs"].items():
         assert entry["from"] == "smoke" and entry["path"] == str(folder / "inputs" / f"{input_name}.pth")
         assert len(entry["sha256"]) == 64 and entry["url"] == recipe.inputs[input_name].url
-    rows = {row["label"]: row for row in summary["scores"]}
-    assert list(rows) == [c.label for c in recipe.scores]
-    for label, row in rows.items():
-        assert row["score"] > 0 and row["params"] > 0 and row["ops"] > 0, row
-        assert 0 <= row["accuracy"] <= 100
-        assert row["published_score"] == recipe.published["scores"][label]
-    assert summary["published"]["verified_score"] == recipe.published["verified_score"]
-    assert "mncli beside the published entry" in done.stdout
+    rows = _scored_beside_the_published(summary, recipe, done)
 
     if name == "distiller-imagenet":
         pruned = _manifest_layers(folder / "prune.safetensors")
