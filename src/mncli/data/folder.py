@@ -23,6 +23,7 @@ from mncli.data import augment as aug_ops
 from mncli.data.augment import Augment
 from mncli.data.splits import epoch_order, mix_seed
 from mncli.errors import BadInput
+from mncli.host import available_cores
 
 EVAL_CROP_FRACTION = 0.875  # the evaluation crop's share of the resized image's shorter side
 MAX_WORKERS = 16
@@ -149,7 +150,7 @@ def scan_folder(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
 
 def default_workers() -> int:
     """DataLoader workers per process: $MNCLI_WORKERS when set (0 decodes in the process itself);
-    else the cores this process may run on (os.sched_getaffinity), shared among the processes on the
+    else the cores this process may run on (its CPU affinity), shared among the processes on the
     node (torchrun's LOCAL_WORLD_SIZE), less one for the process itself: at least 1, at most 16."""
     given = os.environ.get("MNCLI_WORKERS", "").strip()
     if given:
@@ -167,8 +168,7 @@ def default_workers() -> int:
         local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     except ValueError:
         local_processes = 1
-    cores = len(os.sched_getaffinity(0))
-    return max(1, min(MAX_WORKERS, cores // local_processes - 1))
+    return max(1, min(MAX_WORKERS, available_cores() // local_processes - 1))
 
 
 def _worker_message(exc: BadInput) -> str:

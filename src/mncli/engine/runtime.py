@@ -18,6 +18,7 @@ import torch
 
 from mncli.engine.distributed import init_group
 from mncli.errors import BadInput
+from mncli.host import available_cores
 
 
 @dataclass
@@ -54,13 +55,6 @@ def distributed_env() -> tuple[int, int, int]:
     if world <= 1:
         return 0, 0, 1
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # Flags of native bfloat16 arithmetic in /proc/cpuinfo: x86 AVX512-BF16 and AMX, Arm's BF16 extension.
