@@ -1,7 +1,8 @@
 """Run a 2019 MicroNet entry's published pipeline through mncli's stages, as its recipe file says.
 
     .venv/bin/python reproduce/run.py reproduce/ec2t-cifar100.yaml [--dir DIR] [--smoke]
-        [--data-dir D] [--download] [--input NAME=PATH ...] [--dry-run]
+        [--data-dir D] [--download] [--input NAME=PATH ...] [--seed N] [--set STEP:OPTION=VALUE ...]
+        [--dry-run]
 
 Each step of the recipe is one `mncli COMMAND` in a subprocess (`python -m mncli` of this Python),
 reading the artifact of the step it names as `input` and writing DIR/<id>.safetensors. The runner adds
@@ -17,10 +18,16 @@ code. Then each convention of `scores:` is `mncli score --json` of a step's arti
 mncli's accuracy and scores beside the seed's published figures is printed and written to
 DIR/summary.json.
 
+A recipe of our own chain (examples/fashion_mnist.yaml) has a `target:` instead of published figures:
+the table then shows each step's accuracy, score and wall time and whether the target was met.
+--seed N adds --seed N to every stage step; --set STEP:OPTION=VALUE changes one option of one step
+(a variant of the recipe).
+
 --smoke writes the recipe dataset's small stand-in of smoke_data.py into DIR/data (CIFAR-100's
-pickles, or an ImageFolder of JPEGs for imagenet) and randomly initialised checkpoints for the
-inputs into DIR/inputs/, reads them from there and applies the recipe's `smoke:` overrides: the same
-commands in the same order, a few steps each. The recipe format is described in reproduce/README.md.
+pickles, an ImageFolder of JPEGs for imagenet, gzipped IDX files for fashion-mnist) and randomly
+initialised checkpoints for the inputs into DIR/inputs/, reads them from there and applies the
+recipe's `smoke:` overrides: the same commands in the same order, a few steps each. The recipe
+format is described in reproduce/README.md.
 """
 
 from __future__ import annotations
@@ -38,10 +45,12 @@ from pathlib import Path
 
 import yaml
 from smoke_data import (
+    FASHION_MNIST_FOLDER,
     FOLDER,
     IMAGENET_FOLDER,
     write_smoke_cifar100,
     write_smoke_efficientnet,
+    write_smoke_fashion_mnist,
     write_smoke_imagenet,
 )
 
@@ -60,7 +69,8 @@ RUNNER_OPTIONS = {
     "-o", "--out", "-d", "--dataset", "--data-dir", "--download", "--resume", "--json", "-n",
     "--no-clobber", "-q", "--quiet",
 }  # fmt: skip
-RECIPE_KEYS = {"name", "seed", "dataset", "inputs", "steps", "scores", "published", "smoke"}
+RECIPE_KEYS = {"name", "seed", "dataset", "inputs", "steps", "scores", "published", "target", "smoke"}
+TARGET_KEYS = {"source", "label", "accuracy", "score", "minutes"}
 STEP_KEYS = {"id", "command", "input", "teacher", "checkpoint", "files", "args"}
 INPUT_KEYS = {"about", "url", "smoke_efficientnet"}
 SMOKE_KEYS = {"data", "all_steps", "steps", "scores"}
@@ -68,8 +78,10 @@ SMOKE_KEYS = {"data", "all_steps", "steps", "scores"}
 SMOKE_DATA = {
     "cifar100": {"train_per_class", "test_per_class"},
     "imagenet": {"classes", "train_per_class", "test_per_class", "image_size"},
+    "fashion-mnist": {"train_per_class", "test_per_class"},
 }
-SMOKE_CLASSES = {"cifar100": 100, "imagenet": 10}  # imagenet: write_smoke_imagenet's default
+# imagenet: write_smoke_imagenet's default
+SMOKE_CLASSES = {"cifar100": 100, "imagenet": 10, "fashion-mnist": 10}
 
 
 @dataclass
@@ -114,7 +126,8 @@ class Recipe:
     inputs: dict[str, Input]
     steps: list[Step]
     scores: list[Convention]
-    published: dict
+    published: dict | None  # a 2019 entry's own figures
+    target: dict | None  # or, for a chain of our own, what it is out to reach
     smoke: dict
 
     def smoke_steps(self) -> list[Step]:
@@ -157,9 +170,11 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(data, dict):
         raise bad("not a mapping of name, seed, dataset, steps, scores, published")
     unknown = sorted(set(data) - RECIPE_KEYS)
-    missing = sorted(RECIPE_KEYS - {"inputs", "smoke"} - set(data))
+    missing = sorted(RECIPE_KEYS - {"inputs", "smoke", "published", "target"} - set(data))
     if unknown or missing:
         raise bad(f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r}")
+    if ("published" in data) == ("target" in data):
+        raise bad("give either published (an entry's own figures) or target (what a chain is out to reach)")
     for key in ("name", "seed", "dataset"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise bad(f"{key} must be a non-empty string")
@@ -169,7 +184,11 @@ def load_recipe(path: Path) -> Recipe:
     inputs = _read_inputs(data.get("inputs") or {}, bad)
     steps = _read_steps(data["steps"], inputs, path.parent, bad)
     scores = _read_scores(data["scores"], {s.id for s in steps}, bad)
-    _check_published(data["published"], {c.label for c in scores}, bad)
+    labels = {c.label for c in scores}
+    if "published" in data:
+        _check_published(data["published"], labels, bad)
+    else:
+        _check_target(data["target"], labels, bad)
     smoke = data.get("smoke") or {}
     _check_smoke(smoke, data["dataset"], {s.id for s in steps}, {c.label for c in scores}, bad)
     if smoke:
@@ -177,8 +196,9 @@ def load_recipe(path: Path) -> Recipe:
         if lacking:
             raise bad(f"input {lacking[0]} has no smoke_efficientnet, which --smoke writes in its place")
     return Recipe(
-        path, data["name"], data["seed"], data["dataset"], inputs, steps, scores, data["published"], smoke
-    )
+        path, data["name"], data["seed"], data["dataset"], inputs, steps, scores,
+        data.get("published"), data.get("target"), smoke,
+    )  # fmt: skip
 
 
 def _read_inputs(value, bad) -> dict[str, Input]:
@@ -307,6 +327,21 @@ def _check_published(published, labels: set[str], bad) -> None:
         raise bad("published scores must map labels of `scores:` to numbers (or null)")
     if not isinstance(published.get("figures") or {}, dict):
         raise bad("published figures must be a mapping of names to figures")
+
+
+def _check_target(target, labels: set[str], bad) -> None:
+    """target: {source, label, accuracy, score, minutes}: the score `label` names must reach test top-1
+    >= accuracy (%) at a score <= score, the whole run in <= minutes of wall time."""
+    if not isinstance(target, dict) or not isinstance(target.get("source"), str):
+        raise bad("target needs a source (who set it)")
+    unknown = sorted(set(target) - TARGET_KEYS)
+    if unknown:
+        raise bad(f"target: unknown key {unknown[0]!r}")
+    if target.get("label") not in labels:
+        raise bad("target label must be the label of one of `scores:` (the one that must reach it)")
+    for key in ("accuracy", "score", "minutes"):
+        if not _number_or_null(target.get(key)):
+            raise bad(f"target {key} must be a number or null")
 
 
 def _check_smoke(smoke, dataset: str, ids: set[str], labels: set[str], bad) -> None:
@@ -464,6 +499,8 @@ class Runner:
         download: bool = False,
         inputs: dict[str, Path] | None = None,
         dry_run: bool = False,
+        seed: int | None = None,
+        overrides: dict[str, dict] | None = None,
     ):
         if smoke and (data_dir is not None or download or inputs):
             raise BadInput(
@@ -476,10 +513,26 @@ class Runner:
         self.data_dir = self.dir / "data" if smoke else data_dir
         self.download = download
         self.dry_run = dry_run
-        self.steps = recipe.smoke_steps() if smoke else recipe.steps
+        self.random_seed = seed
+        self.overrides = overrides or {}
+        unknown = sorted(set(self.overrides) - {step.id for step in recipe.steps})
+        if unknown:
+            raise BadInput(
+                f"--set {unknown[0]}: recipe {recipe.name} has no such step",
+                hint=f"its steps: {', '.join(step.id for step in recipe.steps)}",
+            )
+        self.steps = [
+            replace(step, args=merge_args(step.args, self.step_overrides(step)))
+            for step in (recipe.smoke_steps() if smoke else recipe.steps)
+        ]
         self.scores = recipe.smoke_scores() if smoke else recipe.scores
         self.inputs = self.input_files(inputs or {})
         self.mncli = [sys.executable, "-m", "mncli"]
+
+    def step_overrides(self, step: Step) -> dict:
+        """What the command line puts on top of a step's options: --seed on every stage step, then --set."""
+        seed = {"--seed": self.random_seed} if self.random_seed is not None and step.command != IMPORT else {}
+        return {**seed, **self.overrides.get(step.id, {})}
 
     def input_files(self, given: dict[str, Path]) -> dict[str, dict]:
         """Where each of the recipe's inputs is read from, and how it gets there: given (--input),
@@ -594,6 +647,9 @@ class Runner:
         if self.recipe.dataset == "imagenet":
             if not (self.data_dir / IMAGENET_FOLDER / "train").is_dir():
                 log(f"smoke data: {write_smoke_imagenet(self.data_dir, **sizes)}")
+        elif self.recipe.dataset == "fashion-mnist":
+            if not (self.data_dir / FASHION_MNIST_FOLDER / "t10k-labels-idx1-ubyte.gz").is_file():
+                log(f"smoke data: {write_smoke_fashion_mnist(self.data_dir, **sizes)}")
         elif not (self.data_dir / FOLDER / "train").is_file():
             log(f"smoke data: {write_smoke_cifar100(self.data_dir, **sizes)}")
         for name, source in self.inputs.items():
@@ -643,7 +699,12 @@ class Runner:
         name = f"step {number}/{len(self.steps)} {step.id}"
         if same and read_before and previous.get("done") and out.is_file() and self.verified(out):
             log(f"{name}: done before, {out} verified: skipped")
-            return {"id": step.id, "command": shlex.join(["mncli", *settings]), "status": "skipped"}
+            return {
+                "id": step.id,
+                "command": shlex.join(["mncli", *settings]),
+                "status": "skipped",
+                "seconds": previous.get("seconds"),  # when it ran
+            }
         if previous is not None and not same:
             log(f"{name}: its command changed since the last run: starting it over")
         elif previous is not None and not read_before:
@@ -675,7 +736,7 @@ class Runner:
             "label": convention.label,
             "step": convention.step,
             "command": shlex.join(["mncli", *argv[len(self.mncli) :]]),
-            "published_score": (self.recipe.published.get("scores") or {}).get(convention.label),
+            "published_score": ((self.recipe.published or {}).get("scores") or {}).get(convention.label),
         }
         code, out = call(argv, capture=True)
         if code != 0:
@@ -718,6 +779,7 @@ class Runner:
             self.write_smoke_data()
         self.fetch_inputs()
         log(f"{self.recipe.name}: {len(self.steps)} steps into {self.dir}{' (smoke)' if self.smoke else ''}")
+        started = time.monotonic()
         rows = []
         try:
             for number, step in enumerate(self.steps, 1):
@@ -726,7 +788,8 @@ class Runner:
             warn(f"{failed.name} (mncli {failed.command}) failed with exit code {failed.code}")
             log("the finished steps are kept: run the same command again to continue")
             return failed.code
-        scores = [self.score(convention) for convention in self.scores]
+        seconds = {row["id"]: row.get("seconds") for row in rows}
+        scores = [{**self.score(c), "step_seconds": seconds[c.step]} for c in self.scores]
         summary = {
             "recipe": self.recipe.name,
             "recipe_file": str(self.recipe.path),
@@ -734,11 +797,19 @@ class Runner:
             "dataset": self.recipe.dataset,
             "smoke": self.smoke,
             "dir": str(self.dir),
+            "random_seed": self.random_seed,
+            "overrides": self.overrides,
             "inputs": self.input_record(),
             "steps": rows,
             "scores": scores,
+            # every step's seconds when it ran (in this run or an earlier one), and this run's own
+            "chain_seconds": round(sum(s or 0 for s in seconds.values()), 1),
+            "run_seconds": round(time.monotonic() - started, 1),
             "published": self.recipe.published,
+            "target": self.recipe.target,
         }
+        if self.recipe.target is not None:
+            summary["target_met"] = target_met(self.recipe.target, summary)
         path = self.dir / "summary.json"
         _write_json(path, summary)
         print_table(summary)
@@ -783,48 +854,118 @@ def _top1(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} %"
 
 
+def target_met(target: dict, summary: dict) -> dict:
+    """Whether the run reached each part of its target: the accuracy and score of the score row the
+    target's label names, and the chain's wall time (the seconds of every step, when it ran)."""
+    row = next(r for r in summary["scores"] if r["label"] == target["label"])
+    accuracy, score, minutes = row.get("accuracy"), row.get("score"), summary["chain_seconds"] / 60
+    checks = {}
+    if target.get("accuracy") is not None:
+        checks["accuracy"] = accuracy is not None and accuracy >= target["accuracy"]
+    if target.get("score") is not None:
+        checks["score"] = score is not None and score <= target["score"]
+    if target.get("minutes") is not None:
+        checks["minutes"] = minutes <= target["minutes"]
+    return checks
+
+
+def _measured(row: dict) -> list[str]:
+    """mncli's figures of a score row: test top-1, params, ops, score."""
+    failed = "exit_code" in row
+    return [
+        _top1(row.get("accuracy")),
+        _count(row.get("params")),
+        _count(row.get("ops")),
+        f"failed ({row['exit_code']})" if failed else fmt_num(row["score"]),
+    ]
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
 def print_table(summary: dict) -> None:
-    """mncli's accuracy and score under each convention beside the seed's published figures."""
+    """mncli's accuracy and score under each convention beside the seed's published figures; for a
+    chain with a target, each step's accuracy, score and wall time, and whether the target is met."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    published = summary["published"]
-    title = f"{summary['recipe']}{' (smoke)' if summary['smoke'] else ''}: mncli beside the published entry"
+    published, target = summary.get("published"), summary.get("target")
+    title = f"{summary['recipe']}{' (smoke)' if summary['smoke'] else ''}"
+    if target is None:
+        title += ": mncli beside the published entry"
+        columns = ["counting", "mncli top-1", "params", "ops", "score"]
+        columns += ["seed top-1", "seed score", "verified"]
+        rows = [
+            [row["label"], *_measured(row), _top1(published.get("accuracy")), fmt_num(row["published_score"]),
+             fmt_num(published.get("verified_score"))]
+            for row in summary["scores"]
+        ]  # fmt: skip
+    else:
+        if summary.get("random_seed") is not None:
+            title += f", seed {summary['random_seed']}"
+        columns = ["score of", "step", "test top-1", "params", "ops", "score", "step wall time"]
+        rows = [
+            [row["label"], row["step"], *_measured(row), _minutes(row.get("step_seconds"))]
+            for row in summary["scores"]
+        ]
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold")
-    for column in (
-        "counting",
-        "mncli top-1",
-        "params",
-        "ops",
-        "score",
-        "seed top-1",
-        "seed score",
-        "verified",
-    ):
-        table.add_column(column, justify="left" if column == "counting" else "right")
-    for row in summary["scores"]:
-        failed = "exit_code" in row
-        table.add_row(
-            row["label"],
-            _top1(row.get("accuracy")),
-            _count(row.get("params")),
-            _count(row.get("ops")),
-            f"failed ({row['exit_code']})" if failed else fmt_num(row["score"]),
-            _top1(published.get("accuracy")),
-            fmt_num(row["published_score"]),
-            fmt_num(published.get("verified_score")),
-        )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("counting", "score of", "step") else "right")
+    for row in rows:
+        table.add_row(*row)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # a file or pipe: no wrapping
     console.print(table)
-    for row in summary["scores"]:
-        console.print(f"  {row['label']}: {row['command']}", highlight=False, soft_wrap=True)
-    for name, figure in (published.get("figures") or {}).items():
-        console.print(f"  published {name}: {figure}", highlight=False, soft_wrap=True)
-    console.print(f"  source: {published['source']}", highlight=False, soft_wrap=True)
+    lines = [f"{row['label']}: {row['command']}" for row in summary["scores"]]
+    if target is None:
+        lines += [f"published {name}: {figure}" for name, figure in (published.get("figures") or {}).items()]
+        lines.append(f"source: {published['source']}")
+    else:
+        lines += [target_verdict(target, summary), f"target set by: {target['source']}"]
+    for line in lines:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+def target_verdict(target: dict, summary: dict) -> str:
+    wanted = []
+    if target.get("accuracy") is not None:
+        wanted.append(f"test top-1 >= {target['accuracy']:.2f} %")
+    if target.get("score") is not None:
+        wanted.append(f"score <= {fmt_num(target['score'])}")
+    if target.get("minutes") is not None:
+        wanted.append(f"in <= {target['minutes']:g} min")
+    missed = [key for key, ok in summary["target_met"].items() if not ok]
+    verdict = "met" if not missed else f"not met ({', '.join(missed)})"
+    return (
+        f"target ({target['label']}): {', '.join(wanted)}: {verdict}; the steps took "
+        f"{_minutes(summary['chain_seconds'])}, this run {_minutes(summary['run_seconds'])}"
+    )
 
 
 # --- the command line
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict]:
+    """--set STEP:OPTION=VALUE (repeatable): VALUE read as YAML (true: the flag alone, null: drop it)."""
+    overrides: dict[str, dict] = {}
+    for pair in pairs:
+        step, colon, rest = pair.partition(":")
+        flag, equals, value = rest.partition("=")
+        if not colon or not equals or not step or not flag.startswith("-"):
+            raise BadInput(f"--set {pair!r} is not STEP:OPTION=VALUE", hint="e.g. --set prune:--sparsity=0.6")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        overrides.setdefault(step, {})[flag] = parsed
+
+    def bad(message: str, hint: str | None = None) -> BadInput:
+        return BadInput(f"--set {message}", hint=hint)
+
+    for step, options in overrides.items():
+        check_args(options, step, bad, mapping_only=True)
+    return overrides
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, Path]:
@@ -864,6 +1005,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=PATH",
         help="the checkpoint for one of the recipe's inputs (repeatable), e.g. b1=efficientnet-b1.pth",
     )
+    parser.add_argument(
+        "--seed", type=int, help="the random seed of every stage step (--seed N added to each)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STEP:OPTION=VALUE",
+        help="change one option of one step (repeatable; null drops it), e.g. prune:--sparsity=0.6",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, Child.forward)
@@ -873,6 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(
             recipe, out_dir, smoke=args.smoke, data_dir=args.data_dir, download=args.download,
             inputs=parse_inputs(args.input), dry_run=args.dry_run,
+            seed=args.seed, overrides=parse_overrides(args.set),
         )  # fmt: skip
         return runner.run()
     except MncliError as exc:

@@ -24,6 +24,7 @@ Distiller fork's checkpoints hold it: the stand-in for the published pretrained 
 from __future__ import annotations
 
 import argparse
+import gzip
 import pickle
 import struct
 from pathlib import Path
@@ -63,6 +64,7 @@ COARSE_OF_FINE = {
 }
 FOLDER = "cifar-100-python"
 IMAGENET_FOLDER = "imagenet"  # one of the folders mncli looks for imagenet in under --data-dir
+FASHION_MNIST_FOLDER = "fashion-mnist"  # likewise for fashion-mnist
 
 
 class Python2Pickler(pickle._Pickler):
@@ -154,6 +156,29 @@ def write_smoke_imagenet(
     return folder
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as the MNIST family ships it, gzipped: two zero bytes, the type (0x08, unsigned
+    byte), the number of dimensions, each dimension as a big-endian int32, then the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_smoke_fashion_mnist(root: Path, train_per_class: int = 20, test_per_class: int = 10) -> Path:
+    """DIR/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz: 28 x 28 grey images of 10
+    classes (the mean of images_of's colour planes)."""
+    folder = Path(root) / FASHION_MNIST_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.tile(np.arange(10), per_class).astype(np.uint8)
+        rng.shuffle(labels)
+        images = images_of(labels.astype(np.int64), rng, classes=10, size=28).mean(axis=1).round()
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
 def write_smoke_efficientnet(path: Path, name: str, num_classes: int) -> Path:
     """Save efficientnet_pytorch's `EfficientNet.from_name(name, num_classes=...)`, randomly initialised
     (seed 0), as a state dict whose keys carry DataParallel's `module.` prefix."""
@@ -170,8 +195,10 @@ def write_smoke_efficientnet(path: Path, name: str, num_classes: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir", type=Path, help="folder to write cifar-100-python/ or imagenet/ into")
-    parser.add_argument("--dataset", choices=("cifar100", "imagenet"), default="cifar100")
+    parser.add_argument(
+        "dir", type=Path, help="folder to write cifar-100-python/, imagenet/ or fashion-mnist/ into"
+    )
+    parser.add_argument("--dataset", choices=("cifar100", "imagenet", "fashion-mnist"), default="cifar100")
     parser.add_argument("--train-per-class", type=int, default=4)
     parser.add_argument("--test-per-class", type=int, default=2)
     parser.add_argument("--classes", type=int, default=10, help="imagenet: the number of classes")
@@ -181,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--train-per-class, --test-per-class, --classes and --image-size must be at least 1")
     if args.dataset == "cifar100":
         folder = write_smoke_cifar100(args.dir, args.train_per_class, args.test_per_class)
+    elif args.dataset == "fashion-mnist":
+        folder = write_smoke_fashion_mnist(args.dir, args.train_per_class, args.test_per_class)
     else:
         folder = write_smoke_imagenet(
             args.dir, args.classes, args.train_per_class, args.test_per_class, args.image_size

@@ -1,0 +1,184 @@
+"""Collect runs of the Fashion-MNIST chain (examples/fashion_mnist.yaml) into one result file and the
+accuracy/score picture.
+
+    .venv/bin/python bench/fashion_mnist_chain.py RUN_DIR [RUN_DIR ...]
+        [--out bench/results/fashion_mnist_chain.json] [--plot bench/results/fashion_mnist_front.png]
+
+Each RUN_DIR is a folder `reproduce/run.py examples/fashion_mnist.yaml --dir RUN_DIR` finished (its
+summary.json); its run is added to the result file, in place of an earlier run of the same name and
+seed, and the file's other runs are kept. A run without `--set` overrides is the recipe itself, at
+the seed it was run with; a run with overrides is a variant, named by them. The result file holds,
+per run, the command line that makes it, each step's test top-1, parameters, ops, score and wall
+time, and whether the target was met; for the recipe's own runs also the mean and spread of the
+final accuracy and score over seeds. The picture has one point per step and run (test top-1 against
+score), the steps of a run joined by a line, the recipe's seeds in one colour and each variant in
+its own, with the Pareto front and the accuracy target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
+from mncli.host import available_cores  # noqa: E402
+from mncli.log import log  # noqa: E402
+from mncli.stages.export import atomic_write  # noqa: E402
+
+RECIPE = "examples/fashion_mnist.yaml"
+
+
+def variant_name(overrides: dict) -> str:
+    """`ternarize --lambda-div 0.2, quantize --epochs 4` for {"ternarize": {"--lambda-div": 0.2}, ...}."""
+    parts = []
+    for step, options in overrides.items():
+        shown = " ".join(f"{flag} {value}" if value is not True else flag for flag, value in options.items())
+        parts.append(f"{step} {shown}")
+    return ", ".join(parts) or "recipe"
+
+
+def command_of(summary: dict) -> str:
+    """The command line that makes this run again."""
+    words = [".venv/bin/python reproduce/run.py", RECIPE, "--dir", summary["dir"]]
+    if summary.get("random_seed") is not None:
+        words += ["--seed", str(summary["random_seed"])]
+    for step, options in (summary.get("overrides") or {}).items():
+        for flag, value in options.items():
+            words.append(f"--set {step}:{flag}={json.dumps(value) if not isinstance(value, str) else value}")
+    return " ".join(words)
+
+
+def run_record(summary: dict) -> dict:
+    return {
+        "name": variant_name(summary.get("overrides") or {}),
+        "seed": summary.get("random_seed"),
+        "command": command_of(summary),
+        "steps": [
+            {
+                "label": row["label"],
+                "step": row["step"],
+                "test_top1": row.get("accuracy"),
+                "params": row.get("params"),
+                "ops": row.get("ops"),
+                "score": row.get("score"),
+                "seconds": row.get("step_seconds"),
+                "claims": row.get("claims"),
+            }
+            for row in summary["scores"]
+        ],
+        "chain_seconds": summary["chain_seconds"],
+        "target_met": summary.get("target_met"),
+        "date": date.today().isoformat(),
+        "machine": {"cpu": cpu_name(), "cores": available_cores()},
+    }
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def collect(dirs: list[Path], previous: dict | None) -> dict:
+    """The result file: the runs it held before (`previous`), each run of `dirs` added in place of an
+    earlier one of the same name and seed, and the spread over the recipe's seeds recomputed."""
+    runs = list((previous or {}).get("runs", []))
+    target = (previous or {}).get("target")
+    for folder in dirs:
+        path = folder / "summary.json"
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"error: {path}: {exc} (run the chain into {folder} first)") from None
+        if summary.get("smoke"):
+            continue
+        record = run_record(summary)
+        runs = [r for r in runs if (r["name"], r["seed"]) != (record["name"], record["seed"])] + [record]
+        target = summary.get("target")
+    recipe_runs = sorted((r for r in runs if r["name"] == "recipe"), key=lambda r: r["seed"] or 0)
+    result = {"benchmark": "fashion_mnist_chain", "recipe": RECIPE, "target": target, "runs": runs}
+    if recipe_runs:
+        finals = [r["steps"][-1] for r in recipe_runs]
+        result["recipe_over_seeds"] = {
+            "seeds": [r["seed"] for r in recipe_runs],
+            "final_test_top1": spread([f["test_top1"] for f in finals]),
+            "final_score": spread([f["score"] for f in finals]),
+            "chain_minutes": spread([r["chain_seconds"] / 60 for r in recipe_runs]),
+            "target_met": sum(all(r["target_met"].values()) for r in recipe_runs),
+        }
+    return result
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no picture (pip install 'mncli[plot]')")
+        return None
+    from mncli.scaling.plot import draw_accuracy_score, place_labels
+
+    seeds = [str(run["seed"]) for run in result["runs"] if run["name"] == "recipe"]
+    recipe_group = f"recipe, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+    points, links = [], []
+    for run in result["runs"]:
+        group = recipe_group if run["name"] == "recipe" else run["name"]
+        link = []
+        for step in run["steps"]:
+            if step["score"] is None or step["test_top1"] is None:
+                continue
+            link.append(len(points))
+            points.append(
+                {"score": step["score"], "acc": step["test_top1"], "group": group, "label": step["label"]}
+            )
+        links.append(link)
+    if not points:
+        return None
+    target = result.get("target") or {}
+    fig, ax = plt.subplots(figsize=(8.5, 5.0), dpi=120)
+    draw_accuracy_score(
+        ax, points, target=target.get("accuracy"), links=links,
+        xlabel="MicroNet score (cifar100 constants, log)", ylabel="test top-1 (%)",
+    )  # fmt: skip
+    if target.get("score") is not None:
+        ax.axvline(target["score"], color="tab:green", ls=":", lw=1.2, label=f"score {target['score']:g}")
+    ax.set_title("Fashion-MNIST chain: test top-1 against score, one point per step and run", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    xs, ys = [p["score"] for p in points], [p["acc"] for p in points]
+    place_labels(ax, xs, ys, [p["label"] for p in points], fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda partial: fig.savefig(partial, format="png"))
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run folders holding summary.json")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/fashion_mnist_chain.json"))
+    parser.add_argument("--plot", type=Path, default=Path("bench/results/fashion_mnist_front.png"))
+    args = parser.parse_args(argv)
+    previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
+    result = collect(args.dirs, previous)
+    text = json.dumps(result, indent=1) + "\n"
+    atomic_write(args.out, lambda partial: Path(partial).write_text(text, encoding="utf-8"))
+    log(f"wrote {args.out}")
+    if plot(result, args.plot):
+        log(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
