@@ -825,7 +825,7 @@ ROWS = [
     row("quantize-recipe-bits-float", *QUANT, "--recipe", "{recipe_bits_float}", *O),
     row("quantize-recipe-prune-key", *QUANT, "--recipe", "{recipe_quant_key}", *O),
     row("quantize-recipe-not-utf8", *QUANT, "--recipe", "{recipe_latin1}", *O),
-    row("quantize-calibration-without-ptq", *QUANT, "--calibration", "percentile", *O),
+    row("quantize-calibration-pact", *QUANT, "-m", "pact", "--calibration", "percentile", *O),
     row("quantize-trailing-bytes", "quantize", "{trailing}", *FAST, *O),
     row("quantize-pruned-input-weight-bits-33", "quantize", "{pruned}", "-w", "33", *FAST, *O),
     row("quantize-architecture-only", "quantize", "{arch}", "-d", SYN, *FAST, *O),

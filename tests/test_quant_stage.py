@@ -6,6 +6,7 @@ import torch
 from conftest import tiny_artifact
 from mncli.bundle import load_bundle, save_bundle
 from mncli.compress.quant import qat
+from mncli.compress.quant.lsq import LsqAct
 from mncli.compress.quant.plan import plan_layers
 from mncli.compress.quant.ptq import observe_inputs
 from mncli.errors import BadInput
@@ -99,8 +100,41 @@ def test_unknown_method_from_python_is_bad_input():
     assert config.method is QuantizeMethod.PACT
     config = QuantizeConfig(ptq=True, calibration="percentile").validate()
     assert config.calibration is Calibration.PERCENTILE
-    with pytest.raises(BadInput, match="--calibration belongs to --ptq"):
-        QuantizeConfig(calibration="percentile").validate()
+    assert QuantizeConfig(calibration="percentile").validate().calibration is Calibration.PERCENTILE  # lsq
+    assert QuantizeConfig().validate().calibration is None  # LSQ's own init
+    with pytest.raises(BadInput, match="not dorefa's"):
+        QuantizeConfig(method="dorefa", calibration="minmax").validate()
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+def test_lsq_step_sizes_start_at_the_calibrated_ranges_with_calibration(fp_artifact, per_channel):
+    """Without --calibration LSQ starts at the paper's 2 * mean|v| / sqrt(Q_P); with minmax at
+    max|v| / Q_P, the scale PTQ gives, so the fake-quantized net starts as the PTQ one."""
+    x = torch.randn(16, 1, 12, 12)
+    models = {}
+    for calibration in (None, "minmax"):
+        model = load_bundle(fp_artifact).model
+        plans = plan_layers(model, {}, weight_bits=8, act_bits=8, recipe={"*": {"per_channel": per_channel}})
+        modules = dict(model.named_modules())
+        stats = observe_inputs(model, {n: modules[n] for n in plans}, [(x, None)], 1)
+        qat.prepare_qat(model, plans, stats, "lsq", {}, calibration)
+        models[calibration] = (model, stats)
+    model, stats = models["minmax"]
+    paper, _ = models[None]
+    conv2, paper_conv2 = dict(model.named_modules())["conv2"], dict(paper.named_modules())["conv2"]
+    weight = conv2.parametrizations.weight.original.detach().abs()
+    top = weight.flatten(1).amax(1) if per_channel else weight.max()
+    scale = conv2.parametrizations.weight[0].quantizer.scale.detach().flatten()
+    assert scale.numel() == (conv2.out_channels if per_channel else 1)
+    assert torch.allclose(scale, (top / 127).flatten())
+    paper_scale = paper_conv2.parametrizations.weight[0].quantizer.scale.detach().flatten()
+    mean = weight.flatten(1).mean(1) if per_channel else weight.mean()
+    assert torch.allclose(paper_scale, (2 * mean / 127**0.5).flatten())
+    act = next(m for m in conv2.modules() if isinstance(m, LsqAct))
+    q_p = 127 if act.signed else 255
+    assert act.scale.item() == pytest.approx(stats["conv2"].max_abs / q_p)
+    paper_act = next(m for m in paper_conv2.modules() if isinstance(m, LsqAct))
+    assert paper_act.scale.item() == pytest.approx(2 * stats["conv2"].first_mean_abs / q_p**0.5)
 
 
 def test_recipe_with_an_unknown_key_is_refused(fp_artifact, tmp_path, run_cli):

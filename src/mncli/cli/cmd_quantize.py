@@ -26,6 +26,8 @@ HELP = """Quantize weights and input activations to n bits, layer by layer, and 
 
 Bits are 2-8 (integer codes), 16 (half precision for real) or 32 (leave fp32); the first and the last layer get 8 bits unless you ask for more. Weights may have fractional bits between 2 and 8, as Distiller's linear quantizers took (its ImageNet entry's last FC at 2.5): a uniform grid of floor(2**b) codes (2.5 bits: 5 levels, -2..2), stored packed (3 codes in 7 bits) and scored at those packed bits. Activation bits are whole. Ternary layers (from `ternarize`, or recognised by `import`) keep their weights (only their inputs are quantized), so do int layers given no new integer bits: --fp16 never turns them into fp16 values. Pruned zeros stay zero. `mncli eval` of the output runs exactly the quantized network.
 
+LSQ's step sizes start where its paper puts them (2 * mean|x| / sqrt(Q_P), sized for 2-4 bits); --calibration minmax (or percentile) starts them at the ranges PTQ would calibrate instead, so the network starts as the PTQ one: better at 8 bits, where the paper's start clips the tails.
+
 --accumulator-tree proves the width of each level of a binary adder tree (the products added in pairs, the pairs in pairs, ...) by integer simulation on the validation split and records it in the layer specs (acc_tree), for `mncli score --accumulation tree`.
 
 Recipe keys (glob patterns over layer names): weight_bits, act_bits, per_channel, e.g. layers: {"classifier": {weight_bits: 2.5}, "layer3.*": {act_bits: 8}}
@@ -39,6 +41,8 @@ Examples:
   mncli quantize fp.safetensors -d fashion-mnist --ptq --calibration percentile -w 8 -a 8 -o p8.safetensors
 
   mncli quantize fp.safetensors -d fashion-mnist -w 8 -a 8 --accumulator-bits 20 --fp16 -o q8.safetensors
+
+  mncli quantize tern.safetensors -d fashion-mnist -w 8 -a 8 --calibration minmax -o tq8.safetensors
 
   mncli quantize fp.safetensors -d fashion-mnist -w 6 -a 6 --accumulator-tree -o q6.safetensors
 """  # noqa: E501 - one source line per paragraph; the terminal wraps it
@@ -70,10 +74,14 @@ def register(app: typer.Typer) -> None:
         ] = QuantizeMethod.LSQ,
         ptq: Annotated[bool, method_option("--ptq", help="Post-training quantization: no training.")] = False,
         calibration: Annotated[
-            Calibration | None, method_option("--calibration", help="PTQ ranges (default minmax).")
+            Calibration | None,
+            method_option(
+                "--calibration",
+                help="PTQ ranges (default minmax); LSQ: start the step sizes there (not the paper's init).",
+            ),
         ] = None,
         percentile: Annotated[
-            float, method_option("--percentile", help="Percentile of |x| for PTQ.")
+            float, method_option("--percentile", help="Percentile of |x| for --calibration percentile.")
         ] = 99.99,
         calib_batches: Annotated[
             int, method_option("--calib-batches", help="Training batches for calibration and LSQ's init.")

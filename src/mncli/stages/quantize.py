@@ -50,7 +50,8 @@ class QuantizeConfig:
     first_last_bits: int = 8
     method: QuantizeMethod = QuantizeMethod.LSQ
     ptq: bool = False
-    calibration: Calibration | None = None  # PTQ only; None: minmax
+    # PTQ's ranges (None: minmax); with LSQ, where its step sizes start (None: the paper's init)
+    calibration: Calibration | None = None
     percentile: float = 99.99
     calib_batches: int = 4
     fp16: bool = False
@@ -69,9 +70,12 @@ class QuantizeConfig:
         self.act_bits = check_bits(self.act_bits, "--act-bits")
         self.first_last_bits = check_bits(self.first_last_bits, "--first-last-bits")
         self.method = parse_choice(QuantizeMethod, self.method, "--method")
-        if self.calibration is not None and not self.ptq:
-            raise BadInput("--calibration belongs to --ptq", hint="add --ptq, or drop --calibration")
-        if self.ptq:
+        if self.calibration is not None and not self.ptq and self.method is not QuantizeMethod.LSQ:
+            raise BadInput(
+                f"--calibration sets PTQ's ranges or LSQ's initial step sizes, not {self.method.value}'s",
+                hint="add --ptq, use --method lsq, or drop --calibration",
+            )
+        if self.ptq or self.calibration is not None:
             self.calibration = parse_choice(
                 Calibration, self.calibration or Calibration.MINMAX, "--calibration"
             )
@@ -199,7 +203,7 @@ class Quantization:
             return
         if not any(p.int_weight or p.int_act for p in plans.values()):
             return
-        qparams = qat.prepare_qat(model, plans, stats, cfg.method, specs)
+        qparams = qat.prepare_qat(model, plans, stats, cfg.method, specs, cfg.calibration, cfg.percentile)
         if run.options.epochs > 0:
             pact_decay = run.options.weight_decay if cfg.pact_decay is None else cfg.pact_decay
             callbacks = [_callback(qparams, pact_decay)]
