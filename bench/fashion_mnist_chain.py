@@ -6,9 +6,10 @@ accuracy/score picture.
 
 Each RUN_DIR is a folder `reproduce/run.py examples/fashion_mnist.yaml --dir RUN_DIR` finished (its
 summary.json); its run is added to the result file, in place of an earlier run of the same name and
-seed, and the file's other runs are kept. A run without `--set` overrides is the recipe itself, at
-the seed it was run with; a run with overrides is a variant, named by them. The result file holds,
-per run, the command line that makes it, each step's test top-1, parameters, ops, score and wall
+seed, and the file's other runs are kept. A run whose steps ran the recipe's commands (today's
+recipe, at the run's seed) is the recipe; any other is a variant, named by the options its commands
+had otherwise, with the `--set` options that run it again. The result file holds, per run, that
+command line, the commands its steps ran, each step's test top-1, parameters, ops, score and wall
 time, and whether the target was met; for the recipe's own runs also the mean and spread of the
 final accuracy and score over seeds. The picture has one point per step and run (test top-1 against
 score), the steps of a run joined by a line, the recipe's seeds in one colour and each variant in
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from datetime import date
@@ -31,34 +33,77 @@ from mncli.host import available_cores  # noqa: E402
 from mncli.log import log  # noqa: E402
 from mncli.stages.export import atomic_write  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "examples/fashion_mnist.yaml"
 
 
-def variant_name(overrides: dict) -> str:
-    """`ternarize --lambda-div 0.2, quantize --epochs 4` for {"ternarize": {"--lambda-div": 0.2}, ...}."""
+def options_of(argv: list[str]) -> dict[str, str | bool | list[str]]:
+    """`[train, --epochs, 20, --ptq, --arch-opt, a=1, --arch-opt, b=2]` -> {--epochs: "20", --ptq: True,
+    --arch-opt: [a=1, b=2]}: the options of a step's command (its command name and input path left out)."""
+    options: dict = {}
+    tokens = list(argv[1:])
+    while tokens and not tokens[0].startswith("-"):
+        tokens.pop(0)  # the input artifact
+    while tokens:
+        flag = tokens.pop(0)
+        value = tokens.pop(0) if tokens and not tokens[0].startswith("--") else True
+        if flag in options:
+            before = options[flag]
+            options[flag] = [*(before if isinstance(before, list) else [before]), value]
+        else:
+            options[flag] = value
+    return options
+
+
+def differences(summary: dict) -> dict[str, dict]:
+    """What each step of a run did otherwise than the recipe does today at the same seed: the --set
+    options that make the recipe run it (None: an option the run did not have)."""
+    sys.path.insert(0, str(ROOT / "reproduce"))
+    import run as recipe_runner
+
+    recipe = recipe_runner.load_recipe(ROOT / RECIPE)
+    plan = recipe_runner.Runner(recipe, Path(summary["dir"]), seed=summary.get("random_seed"))
+    ran = {row["id"]: shlex.split(row["command"])[1:] for row in summary["steps"]}
+    changed: dict[str, dict] = {}
+    for step in plan.steps:
+        ours, theirs = options_of(plan.settings(step, {})), options_of(ran[step.id])
+        diff = {flag: value for flag, value in theirs.items() if ours.get(flag) != value}
+        diff.update({flag: None for flag in ours if flag not in theirs})
+        if diff:
+            changed[step.id] = diff
+    return changed
+
+
+def variant_name(changed: dict) -> str:
+    """`ternarize --lambda-div 0.2, quantize --epochs 4` for {"ternarize": {"--lambda-div": "0.2"}, ...}."""
     parts = []
-    for step, options in overrides.items():
-        shown = " ".join(f"{flag} {value}" if value is not True else flag for flag, value in options.items())
-        parts.append(f"{step} {shown}")
+    for step, options in changed.items():
+        shown = []
+        for flag, value in options.items():
+            shown.append(flag if value is True else f"{flag} {'(none)' if value is None else value}")
+        parts.append(f"{step} {' '.join(shown)}")
     return ", ".join(parts) or "recipe"
 
 
-def command_of(summary: dict) -> str:
-    """The command line that makes this run again."""
+def command_of(summary: dict, changed: dict) -> str:
+    """The command line that makes this run with today's recipe."""
     words = [".venv/bin/python reproduce/run.py", RECIPE, "--dir", summary["dir"]]
     if summary.get("random_seed") is not None:
         words += ["--seed", str(summary["random_seed"])]
-    for step, options in (summary.get("overrides") or {}).items():
+    for step, options in changed.items():
         for flag, value in options.items():
-            words.append(f"--set {step}:{flag}={json.dumps(value) if not isinstance(value, str) else value}")
+            shown = {None: "null", True: "true"}.get(value, value) if not isinstance(value, str) else value
+            words.append(f"--set {step}:{flag}={shown}")
     return " ".join(words)
 
 
 def run_record(summary: dict) -> dict:
+    changed = differences(summary)
     return {
-        "name": variant_name(summary.get("overrides") or {}),
+        "name": variant_name(changed),
         "seed": summary.get("random_seed"),
-        "command": command_of(summary),
+        "command": command_of(summary, changed),
+        "ran": {row["id"]: row["command"] for row in summary["steps"]},
         "steps": [
             {
                 "label": row["label"],
@@ -88,7 +133,7 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def collect(dirs: list[Path], previous: dict | None) -> dict:
+def collect(dirs: list[Path], previous: dict | None, note: str | None = None) -> dict:
     """The result file: the runs it held before (`previous`), each run of `dirs` added in place of an
     earlier one of the same name and seed, and the spread over the recipe's seeds recomputed."""
     runs = list((previous or {}).get("runs", []))
@@ -102,6 +147,8 @@ def collect(dirs: list[Path], previous: dict | None) -> dict:
         if summary.get("smoke"):
             continue
         record = run_record(summary)
+        if note:
+            record["note"] = note
         runs = [r for r in runs if (r["name"], r["seed"]) != (record["name"], record["seed"])] + [record]
         target = summary.get("target")
     recipe_runs = sorted((r for r in runs if r["name"] == "recipe"), key=lambda r: r["seed"] or 0)
@@ -146,7 +193,8 @@ def plot(result: dict, path: Path) -> Path | None:
     if not points:
         return None
     target = result.get("target") or {}
-    fig, ax = plt.subplots(figsize=(8.5, 5.0), dpi=120)
+    groups = len({p["group"] for p in points})
+    fig, ax = plt.subplots(figsize=(9.0, 4.6 + 0.16 * (groups + 3)), dpi=120)  # the legend below
     draw_accuracy_score(
         ax, points, target=target.get("accuracy"), links=links,
         xlabel="MicroNet score (cifar100 constants, log)", ylabel="test top-1 (%)",
@@ -154,7 +202,7 @@ def plot(result: dict, path: Path) -> Path | None:
     if target.get("score") is not None:
         ax.axvline(target["score"], color="tab:green", ls=":", lw=1.2, label=f"score {target['score']:g}")
     ax.set_title("Fashion-MNIST chain: test top-1 against score, one point per step and run", fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize=7, frameon=False)
     fig.tight_layout()
     xs, ys = [p["score"] for p in points], [p["acc"] for p in points]
     place_labels(ax, xs, ys, [p["label"] for p in points], fontsize=7)
@@ -169,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, help="run folders holding summary.json")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fashion_mnist_chain.json"))
     parser.add_argument("--plot", type=Path, default=Path("bench/results/fashion_mnist_front.png"))
+    parser.add_argument("--note", help="how these runs were made (e.g. two side by side), kept with each")
     args = parser.parse_args(argv)
     previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
-    result = collect(args.dirs, previous)
+    result = collect(args.dirs, previous, args.note)
     text = json.dumps(result, indent=1) + "\n"
     atomic_write(args.out, lambda partial: Path(partial).write_text(text, encoding="utf-8"))
     log(f"wrote {args.out}")

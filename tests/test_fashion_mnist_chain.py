@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -196,12 +197,17 @@ def test_the_collector_keeps_earlier_runs_and_draws_every_step(smoke_run, tmp_pa
     pytest.importorskip("matplotlib")
     folder, done = smoke_run
     assert done.returncode == 0, done.stderr[-3000:]
+    recipe = runner.load_recipe(RECIPE)
     runs = []
-    for seed, overrides in ((0, {}), (1, {}), (0, {"ternarize": {"--lambda-div": 0.2}})):
+    variant = {"ternarize": {"--lambda-div": 0.2}, "quantize": {"--calibration": None}}
+    for seed, overrides in ((0, {}), (1, {}), (0, variant)):
         run = tmp_path / f"run{len(runs)}"
         run.mkdir()
         summary = json.loads((folder / "summary.json").read_text())
-        summary.update(smoke=False, random_seed=seed, overrides=overrides, dir=str(run))
+        summary.update(smoke=False, random_seed=seed, dir=str(run))
+        plan = runner.Runner(recipe, run, seed=seed, overrides=overrides)
+        for row, step in zip(summary["steps"], plan.steps, strict=True):  # as the full chain runs them
+            row["command"] = shlex.join(["mncli", *plan.settings(step, {})])
         (run / "summary.json").write_text(json.dumps(summary))
         runs.append(run)
     out, picture = tmp_path / "chain.json", tmp_path / "front.png"
@@ -209,9 +215,11 @@ def test_the_collector_keeps_earlier_runs_and_draws_every_step(smoke_run, tmp_pa
     assert collector.main([str(runs[1]), str(runs[0]), "--out", str(out), "--plot", str(picture)]) == 0
     result = json.loads(out.read_text())
     assert [(r["name"], r["seed"]) for r in result["runs"]] == [
-        ("ternarize --lambda-div 0.2", 0), ("recipe", 1), ("recipe", 0),
+        ("ternarize --lambda-div 0.2, quantize --calibration (none)", 0), ("recipe", 1), ("recipe", 0),
     ]  # fmt: skip
-    assert "--set ternarize:--lambda-div=0.2" in result["runs"][0]["command"]
+    assert result["runs"][0]["command"].endswith(
+        "--set ternarize:--lambda-div=0.2 --set quantize:--calibration=null"
+    )
     assert result["runs"][1]["command"].endswith(f"--dir {runs[1]} --seed 1")
     over = result["recipe_over_seeds"]
     assert over["seeds"] == [0, 1] and over["target_met"] == 0
