@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
 
+from mncli.artifact.tempfiles import output_lock  # noqa: E402
 from mncli.host import available_cores  # noqa: E402
 from mncli.log import log  # noqa: E402
 from mncli.stages.export import atomic_write  # noqa: E402
@@ -219,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=Path("bench/results/fashion_mnist_front.png"))
     parser.add_argument("--note", help="how these runs were made (e.g. two side by side), kept with each")
     args = parser.parse_args(argv)
-    previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
-    result = collect(args.dirs, previous, args.note)
-    text = json.dumps(result, indent=1) + "\n"
-    atomic_write(args.out, lambda partial: Path(partial).write_text(text, encoding="utf-8"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(args.out):  # two runs ending together: each adds its run to what the other wrote
+        previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
+        result = collect(args.dirs, previous, args.note)
+        text = json.dumps(result, indent=1) + "\n"
+        atomic_write(args.out, lambda partial: Path(partial).write_text(text, encoding="utf-8"))
     log(f"wrote {args.out}")
     if plot(result, args.plot):
         log(f"wrote {args.plot}")
