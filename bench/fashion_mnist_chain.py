@@ -177,19 +177,21 @@ def plot(result: dict, path: Path) -> Path | None:
         return None
     from mncli.scaling.plot import draw_accuracy_score, place_labels
 
-    seeds = [str(run["seed"]) for run in result["runs"] if run["name"] == "recipe"]
+    seeds = [
+        str(seed) for seed in sorted(run["seed"] or 0 for run in result["runs"] if run["name"] == "recipe")
+    ]
     recipe_group = f"recipe, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
     points, links = [], []
-    for run in result["runs"]:
+    # the recipe's seeds first, so they take the first colour whatever order the runs were added in
+    for run in sorted(result["runs"], key=lambda r: (r["name"] != "recipe", r["seed"] or 0)):
         group = recipe_group if run["name"] == "recipe" else run["name"]
         link = []
         for step in run["steps"]:
             if step["score"] is None or step["test_top1"] is None:
                 continue
             link.append(len(points))
-            points.append(
-                {"score": step["score"], "acc": step["test_top1"], "group": group, "label": step["label"]}
-            )
+            label = f"s{run['seed']} {step['label']}"
+            points.append({"score": step["score"], "acc": step["test_top1"], "group": group, "label": label})
         links.append(link)
     if not points:
         return None
@@ -205,8 +207,9 @@ def plot(result: dict, path: Path) -> Path | None:
     ax.set_title("Fashion-MNIST chain: test top-1 against score, one point per step and run", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize=7, frameon=False)
     fig.tight_layout()
-    xs, ys = [p["score"] for p in points], [p["acc"] for p in points]
-    place_labels(ax, xs, ys, [p["label"] for p in points], fontsize=7)
+    named = [p for p in points if p["group"] == recipe_group]  # variants: by the legend alone
+    xs, ys = [p["score"] for p in named], [p["acc"] for p in named]
+    place_labels(ax, xs, ys, [p["label"] for p in named], fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda partial: fig.savefig(partial, format="png"))
     plt.close(fig)
