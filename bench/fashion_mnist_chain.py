@@ -26,7 +26,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "reproduce"))
+import run as recipe_runner  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 from mncli.artifact.tempfiles import output_lock  # noqa: E402
@@ -34,7 +37,6 @@ from mncli.host import available_cores  # noqa: E402
 from mncli.log import log  # noqa: E402
 from mncli.stages.export import atomic_write  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "examples/fashion_mnist.yaml"
 
 
@@ -56,13 +58,9 @@ def options_of(argv: list[str]) -> dict[str, str | bool | list[str]]:
     return options
 
 
-def differences(summary: dict) -> dict[str, dict]:
-    """What each step of a run did otherwise than the recipe does today at the same seed: the --set
+def differences(summary: dict, recipe) -> dict[str, dict]:
+    """What each step of a run did otherwise than `recipe` (today's) does at the same seed: the --set
     options that make the recipe run it (None: an option the run did not have)."""
-    sys.path.insert(0, str(ROOT / "reproduce"))
-    import run as recipe_runner
-
-    recipe = recipe_runner.load_recipe(ROOT / RECIPE)
     plan = recipe_runner.Runner(recipe, Path(summary["dir"]), seed=summary.get("random_seed"))
     ran = {row["id"]: shlex.split(row["command"])[1:] for row in summary["steps"]}
     changed: dict[str, dict] = {}
@@ -98,8 +96,8 @@ def command_of(summary: dict, changed: dict) -> str:
     return " ".join(words)
 
 
-def run_record(summary: dict) -> dict:
-    changed = differences(summary)
+def run_record(summary: dict, recipe) -> dict:
+    changed = differences(summary, recipe)
     return {
         "name": variant_name(changed),
         "seed": summary.get("random_seed"),
@@ -137,6 +135,7 @@ def spread(values: list[float]) -> dict:
 def collect(dirs: list[Path], previous: dict | None, note: str | None = None) -> dict:
     """The result file: the runs it held before (`previous`), each run of `dirs` added in place of an
     earlier one of the same name and seed, and the spread over the recipe's seeds recomputed."""
+    recipe = recipe_runner.load_recipe(ROOT / RECIPE)
     runs = list((previous or {}).get("runs", []))
     target = (previous or {}).get("target")
     for folder in dirs:
@@ -147,7 +146,7 @@ def collect(dirs: list[Path], previous: dict | None, note: str | None = None) ->
             raise SystemExit(f"error: {path}: {exc} (run the chain into {folder} first)") from None
         if summary.get("smoke"):
             continue
-        record = run_record(summary)
+        record = run_record(summary, recipe)
         if note:
             record["note"] = note
         runs = [r for r in runs if (r["name"], r["seed"]) != (record["name"], record["seed"])] + [record]

@@ -190,7 +190,7 @@ def load_recipe(path: Path) -> Recipe:
     else:
         _check_target(data["target"], labels, bad)
     smoke = data.get("smoke") or {}
-    _check_smoke(smoke, data["dataset"], {s.id for s in steps}, {c.label for c in scores}, bad)
+    _check_smoke(smoke, data["dataset"], {s.id for s in steps}, labels, bad)
     if smoke:
         lacking = [i.name for i in inputs.values() if i.smoke_efficientnet is None]
         if lacking:
