@@ -252,3 +252,28 @@ def test_labels_of_coinciding_points_do_not_overlap():
         for b in boxes[i + 1 :]:
             assert not a.overlaps(b)
     plt.close(fig)
+
+
+def test_every_group_of_a_picture_has_its_own_colour_and_marker():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mncli.scaling.plot import PALETTE, draw_accuracy_score
+
+    groups = 2 * len(PALETTE) + 1  # past the palette twice
+    points = [
+        {"score": 1e-3 * (k + 1), "acc": 50.0 + k, "label": "", "group": f"g{k}"} for k in range(groups)
+    ]
+    fig, ax = plt.subplots()
+    draw_accuracy_score(ax, points)
+    styles = set()
+    for collection in ax.collections:
+        if collection.get_label().startswith("g"):
+            colour = tuple(collection.get_facecolor()[0])
+            path = collection.get_paths()[0]
+            codes = b"" if path.codes is None else path.codes.tobytes()
+            styles.add((colour, path.vertices.tobytes(), codes))
+    plt.close(fig)
+    assert len(styles) == groups

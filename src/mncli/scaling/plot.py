@@ -20,6 +20,13 @@ _RINGS = (1, 3, 5, 8)
 # Colours of groups and series: matplotlib's own cycle without red and green, which mark the Pareto
 # front and the accuracy target.
 PALETTE = ["C0", "C1", "C4", "C5", "C6", "C9", "C8", "C7"]
+# Past the palette's last colour, groups take the next marker shape, so no two groups look alike.
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def group_style(k: int) -> tuple[str, str]:
+    """The colour and marker of the k-th group: every colour with circles, then with squares, ..."""
+    return PALETTE[k % len(PALETTE)], MARKERS[k // len(PALETTE) % len(MARKERS)]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -102,12 +109,13 @@ def draw_accuracy_score(
     for link in links:
         ax.plot([xs[i] for i in link], [ys[i] for i in link], color="0.75", lw=1, zorder=1)
     groups = list(dict.fromkeys(p["group"] for p in points))
-    colours = [PALETTE[k % len(PALETTE)] for k in range(len(groups))]
-    for group, colour in zip(groups, colours, strict=True):
+    for k, group in enumerate(groups):
+        colour, marker = group_style(k)
         members = [i for i, p in enumerate(points) if p["group"] == group]
         ax.scatter(
-            [xs[i] for i in members], [ys[i] for i in members], color=colour, s=28, zorder=3, label=group
-        )
+            [xs[i] for i in members], [ys[i] for i in members], color=colour, marker=marker, s=28,
+            zorder=3, label=group,
+        )  # fmt: skip
     front = pareto_front(list(zip(xs, ys, strict=True)))
     if len(front) > 1:
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="tab:red", lw=1.2,
