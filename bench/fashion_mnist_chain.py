@@ -8,7 +8,8 @@ Each RUN_DIR is a folder `reproduce/run.py examples/fashion_mnist.yaml --dir RUN
 summary.json); its run is added to the result file, in place of an earlier run of the same name and
 seed, and the file's other runs are kept. A run whose steps ran the recipe's commands (today's
 recipe, at the run's seed) is the recipe; any other is a variant, named by the options its commands
-had otherwise, with the `--set` options that run it again. The result file holds, per run, that
+had otherwise, with the `--set` options that run it again; the runs already in the file are named
+again each time, so a change of the recipe renames them. The result file holds, per run, that
 command line, the commands its steps ran, each step's test top-1, parameters, ops, score and wall
 time, and whether the target was met; for the recipe's own runs also the mean and spread of the
 final accuracy and score over seeds. The picture has one point per step and run (test top-1 against
@@ -123,6 +124,21 @@ def run_record(summary: dict, recipe) -> dict:
     }
 
 
+def renamed(record: dict, recipe) -> dict:
+    """A stored run named and given its command again against `recipe` (today's): a run that was the
+    recipe when it was added becomes the variant it is now, and a variant the recipe took up becomes
+    the recipe."""
+    words = shlex.split(record["command"])
+    folder = words[words.index("--dir") + 1]
+    summary = {
+        "dir": folder,
+        "random_seed": record["seed"],
+        "steps": [{"id": step, "command": command} for step, command in record["ran"].items()],
+    }
+    changed = differences(summary, recipe)
+    return {**record, "name": variant_name(changed), "command": command_of(summary, changed)}
+
+
 def spread(values: list[float]) -> dict:
     return {
         "mean": statistics.fmean(values),
@@ -133,10 +149,12 @@ def spread(values: list[float]) -> dict:
 
 
 def collect(dirs: list[Path], previous: dict | None, note: str | None = None) -> dict:
-    """The result file: the runs it held before (`previous`), each run of `dirs` added in place of an
-    earlier one of the same name and seed, and the spread over the recipe's seeds recomputed."""
+    """The result file: the runs it held before (`previous`), each renamed against today's recipe, each
+    run of `dirs` added in place of an earlier one of the same name and seed, and the spread over the
+    recipe's seeds recomputed."""
     recipe = recipe_runner.load_recipe(ROOT / RECIPE)
-    runs = list((previous or {}).get("runs", []))
+    renamed_runs = (renamed(record, recipe) for record in (previous or {}).get("runs", []))
+    runs = list({(r["name"], r["seed"]): r for r in renamed_runs}.values())  # two that are one now: the later
     target = (previous or {}).get("target")
     for folder in dirs:
         path = folder / "summary.json"

@@ -226,6 +226,20 @@ def test_the_collector_keeps_earlier_runs_and_draws_every_step(smoke_run, tmp_pa
     assert over["final_test_top1"]["sd"] == 0  # the same run, twice
     assert [s["label"] for s in result["runs"][0]["steps"]] == ["fp32", "ternary", "final"]
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a recipe's run stays named by what it ran when the recipe changes (here: as if it had)
+    for record in result["runs"]:
+        if record["seed"] == 1:
+            record["ran"]["quantize"] = record["ran"]["quantize"].replace("percentile", "minmax")
+    out.write_text(json.dumps(result))
+    assert collector.main([str(runs[0]), "--out", str(out), "--plot", str(picture)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["name"], r["seed"]) for r in result["runs"]] == [
+        ("ternarize --lambda-div 0.2, quantize --calibration (none)", 0),
+        ("quantize --calibration minmax", 1),
+        ("recipe", 0),
+    ]
+    assert result["runs"][1]["command"].endswith("--seed 1 --set quantize:--calibration=minmax")
+    assert result["recipe_over_seeds"]["seeds"] == [0]
     shutil.rmtree(runs[0])
     with pytest.raises(SystemExit, match="summary.json"):
         collector.main([str(runs[0]), "--out", str(out), "--plot", str(picture)])
