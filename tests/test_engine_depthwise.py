@@ -1,5 +1,6 @@
-"""The bf16 route for strided depthwise convs: same values and gradients as the fp32 conv (to bf16
-precision), weight parametrizations still applied, and the patch undone after use."""
+"""The routes of depthwise convs under CPU bf16 autocast (fp32 above 3x3, the bf16 input gradient for
+strided 3x3): same values and gradients as the fp32 conv (to bf16 precision), each conv on its
+route, weight parametrizations still applied, and the patch undone after use."""
 
 import pytest
 import torch
@@ -27,6 +28,8 @@ def _grads(conv, x, autocast: bool):
         (9, 3, 0, 3, False),
         (16, 2, 3, 7, False),
         (8, 2, 3, 3, False),  # padding > kernel - 1: the fp32 fallback
+        (14, 1, 2, 5, True),
+        (7, 1, 3, 7, False),
     ],
 )
 def test_matches_the_fp32_convolution(size, stride, padding, kernel, bias):
@@ -34,7 +37,7 @@ def test_matches_the_fp32_convolution(size, stride, padding, kernel, bias):
     conv = torch.nn.Conv2d(8, 8, kernel, stride, padding, groups=8, bias=bias)
     x = torch.randn(4, 8, size, size).contiguous(memory_format=torch.channels_last)
     want_out, want = _grads(conv, x, autocast=False)
-    patched = depthwise.patch_strided_depthwise(conv)
+    patched = depthwise.patch_depthwise(conv)
     assert patched == [conv]
     got_out, got = _grads(conv, x, autocast=True)
     depthwise.restore_forward(patched)
@@ -50,18 +53,27 @@ def test_outside_autocast_the_original_forward_runs():
     conv = torch.nn.Conv2d(4, 4, 3, 2, 1, groups=4)
     x = torch.randn(2, 4, 8, 8)
     want = conv(x)
-    depthwise.patch_strided_depthwise(conv)
+    depthwise.patch_depthwise(conv)
     assert torch.equal(conv(x), want)
 
 
-def test_only_strided_depthwise_convs_are_patched():
+def test_each_depthwise_conv_takes_its_route():
+    torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(4, 4, 3, 1, 1, groups=4),  # stride 1
+        torch.nn.Conv2d(4, 4, 3, 1, 1, groups=4),  # stride-1 3x3: autocast's bf16
         torch.nn.Conv2d(4, 8, 3, 2, 1),  # dense
-        torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8),
+        torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8),  # strided 3x3: the bf16 input gradient
         torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8, padding_mode="reflect"),
+        torch.nn.Conv2d(8, 8, 5, 1, 2, groups=8),  # 5x5: fp32
+        torch.nn.Conv2d(8, 8, 7, 2, 3, groups=8),  # strided 7x7: fp32
     )
-    assert depthwise.patch_strided_depthwise(model) == [model[2]]
+    x = torch.randn(2, 8, 12, 12)
+    assert depthwise.patch_depthwise(model) == [model[2], model[4], model[5]]
+    for conv in model[4:]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = conv(x.to(torch.bfloat16))
+        want = torch.nn.Conv2d.forward(conv, x.to(torch.bfloat16).float()).to(torch.bfloat16)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
 class _Halve(torch.nn.Module):
@@ -69,13 +81,14 @@ class _Halve(torch.nn.Module):
         return w * 0.5
 
 
-def test_weight_parametrizations_still_apply():
+@pytest.mark.parametrize("kernel", [3, 5], ids=["bf16-route", "fp32-route"])
+def test_weight_parametrizations_still_apply(kernel):
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(4, 4, 3, 2, 1, groups=4, bias=False)
+    conv = torch.nn.Conv2d(4, 4, kernel, 2, kernel // 2, groups=4, bias=False)
     parametrize.register_parametrization(conv, "weight", _Halve())
     x = torch.randn(2, 4, 8, 8)
     want, want_grads = _grads(conv, x, autocast=False)
-    depthwise.patch_strided_depthwise(conv)
+    depthwise.patch_depthwise(conv)
     got, got_grads = _grads(conv, x, autocast=True)
     assert torch.allclose(got, want, rtol=0.02, atol=0.02)
     assert (got_grads[1] - want_grads[1]).norm() / want_grads[1].norm() < 0.02

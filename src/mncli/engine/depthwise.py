@@ -1,11 +1,16 @@
-"""Strided depthwise convolutions under CPU bfloat16 autocast.
+"""Depthwise convolutions under CPU bfloat16 autocast: two routes around oneDNN's slow bf16 kernels.
 
-oneDNN's bf16 kernel for the input gradient of a *strided depthwise* convolution is 30-60x slower
-than its fp32 kernel on this project's CPUs (44 ms vs 1 ms for 128x64x28x28, stride 2; the same for
-conv_transpose2d), while its bf16 forward, weight gradient and *stride-1* kernels are fast. So the
-input gradient is computed as what it is mathematically, a stride-1 depthwise convolution of the
-zero-upsampled output gradient with the flipped kernel, all in bf16 (3 ms for that layer; casting to
-fp32 for oneDNN's fp32 kernel and back costs more than that in memory traffic).
+- *Kernels larger than 3x3* run in fp32 (input cast up, output cast back to bf16): oneDNN's bf16
+  depthwise kernels at 5x5 and 7x7 are about 3x slower than its fp32 ones with the casts included
+  (forward + backward, batch 128, channels_last: 26-28 ms against 9-13 ms at 48x14x14 and 144x7x7
+  on an Intel Xeon with AMX; strided 5x5 74 ms against 10 ms).
+- *Strided 3x3 ones* keep bf16, but their input gradient, for which oneDNN's bf16 kernel is 30-60x
+  slower than its fp32 one (44 ms vs 1 ms for 128x64x28x28, stride 2; the same for
+  conv_transpose2d), is computed as what it is mathematically: a stride-1 depthwise convolution of
+  the zero-upsampled output gradient with the flipped kernel, all in bf16 (3 ms for that layer; fp32
+  with the casts took 19 ms at 128x48x28x28, this route 4.7 ms).
+
+Stride-1 3x3 depthwise convs stay with autocast's bf16 (as fast as fp32 there).
 """
 
 from __future__ import annotations
@@ -16,11 +21,17 @@ import torch.nn.functional as F
 BF16 = torch.bfloat16
 
 
+def is_depthwise(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def runs_in_fp32(module: torch.nn.Module) -> bool:
+    return is_depthwise(module) and max(module.kernel_size) > 3
+
+
 def is_strided_depthwise(module: torch.nn.Module) -> bool:
     return (
-        isinstance(module, torch.nn.Conv2d)
-        and module.groups > 1
-        and module.groups == module.in_channels
+        is_depthwise(module)
         and max(module.stride) > 1
         and module.padding_mode == "zeros"
         and isinstance(module.padding, tuple)  # not "same"/"valid"
@@ -75,11 +86,15 @@ def _input_grad(input_shape, weight, grad_out, stride, padding, dilation) -> tor
     return F.conv2d(spread, weight.flip(2, 3), None, 1, 0, 1, c)
 
 
+def _under_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is BF16
+
+
 def _bf16_forward(module: torch.nn.Conv2d):
     original = type(module).forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is BF16):
+        if not _under_bf16_autocast():
             return original(module, x)
         return _StridedDepthwiseBF16.apply(
             x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups
@@ -88,15 +103,33 @@ def _bf16_forward(module: torch.nn.Conv2d):
     return forward
 
 
-def patch_strided_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Route the model's strided depthwise convs through the bf16 input gradient above while CPU
-    bf16 autocast is on; returns the patched modules (undo with `restore_forward`). `module.weight`
-    is read at each call, so weight parametrizations (masks, quantizers) still apply."""
+def _fp32_forward(module: torch.nn.Conv2d):
+    original = type(module).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _under_bf16_autocast():
+            return original(module, x)
+        with torch.autocast("cpu", enabled=False):
+            return original(module, x.float()).to(BF16)
+
+    return forward
+
+
+def patch_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Route the model's depthwise convs as the module docstring says while CPU bf16 autocast is on;
+    returns the patched modules (undo with `restore_forward`). Both routes read `module.weight` at
+    each call, so weight parametrizations (masks, quantizers) still apply."""
     patched = []
     for module in model.modules():
-        if is_strided_depthwise(module) and "forward" not in module.__dict__:
+        if "forward" in module.__dict__:
+            continue
+        if runs_in_fp32(module):
+            module.forward = _fp32_forward(module)
+        elif is_strided_depthwise(module):
             module.forward = _bf16_forward(module)
-            patched.append(module)
+        else:
+            continue
+        patched.append(module)
     return patched
 
 

@@ -61,13 +61,13 @@ def fit(
         model.to(memory_format=torch.channels_last)
     patched = []
     if rt.device.type == "cpu" and rt.autocast_dtype is torch.bfloat16:
-        patched += depthwise.patch_strided_depthwise(model)
+        patched += depthwise.patch_depthwise(model)
     if teacher is not None:
         teacher.to(rt.device).eval().requires_grad_(False)
         if channels_last:
             teacher.to(memory_format=torch.channels_last)
         if patched:
-            patched += depthwise.patch_strided_depthwise(teacher)
+            patched += depthwise.patch_depthwise(teacher)
     if cfg.sync_bn:
         if rt.world_size > 1:
             patched += distributed.sync_batchnorm(model)
