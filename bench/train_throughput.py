@@ -8,9 +8,11 @@ gets its batches already normalised in memory (the cheapest input path there is)
 figure includes its on-the-fly batch augmentation, so the ratio is, if anything, conservative.
 
     python bench/train_throughput.py [--steps 40] [--repeats 3] [--variants] [--threads N]
+        [--net bench|fashion-mnist-chain]
 
 --variants also measures the engine with --precision fp32 (channels_last alone) to show what each
-default contributes.
+default contributes. --net fashion-mnist-chain measures the net examples/fashion_mnist.yaml trains
+(5x5 and 7x7 depthwise convs, hard-swish) instead of the 3x3 benchmark net.
 """
 
 from __future__ import annotations
@@ -34,16 +36,22 @@ from mncli.errors import MncliError
 from mncli.models import create_model
 
 BLOCKS = ["ir_r1_k3_s1_e1_c16", "ir_r2_k3_s2_e4_c24", "ir_r2_k3_s2_e4_c40", "ir_r1_k3_s2_e4_c80"]
+NETS = {
+    "bench": {"blocks": BLOCKS, "stem_channels": 16, "head_channels": 256},
+    "fashion-mnist-chain": {  # examples/fashion_mnist.yaml's train step
+        "blocks": ["ir_r2_k3_s2_e3_c16", "ir_r2_k5_s2_e3_c32", "ir_r1_k7_s2_e3_c48", "ir_r1_k5_s1_e3_c48",
+                   "ir_r1_k5_s1_e3_c64"],
+        "stem_channels": 8, "head_channels": 0, "act": "hswish",
+    },
+}  # fmt: skip
 BATCH = 128
 WARMUP = 5
+NET = "bench"  # set by --net
 
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(
-        "mbconv", num_classes=10, in_channels=1, input_size=28, blocks=BLOCKS, stem_channels=16,
-        head_channels=256,
-    )  # fmt: skip
+    return create_model("mbconv", num_classes=10, in_channels=1, input_size=28, **NETS[NET])
 
 
 def get_data():
@@ -101,10 +109,10 @@ MEASURES = {
 def measure_in_subprocess(name: str, steps: int, threads: int) -> tuple[float, dict, str]:
     """Run one measurement in a fresh interpreter; returns (images/s, engine runtime, data source)."""
     env = dict(os.environ, MNCLI_NUM_THREADS=str(threads))
+    argv = ["--one", name, "--steps", str(steps), "--threads", str(threads), "--net", NET]
     done = subprocess.run(
-        [sys.executable, __file__, "--one", name, "--steps", str(steps), "--threads", str(threads)],
-        env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, __file__, *argv], env=env, check=True, capture_output=True, text=True
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["images_per_s"], result["runtime"], result["data"]
 
@@ -125,11 +133,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="threads for both loops (default: all cores)")
+    parser.add_argument("--net", choices=sorted(NETS), default="bench", help="which network to train")
     parser.add_argument("--one", choices=sorted(MEASURES), help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json"
     )
     args = parser.parse_args()
+    global NET
+    NET = args.net
     threads = args.threads or len(os.sched_getaffinity(0))
     if args.one:
         return measure_here(args.one, args.steps, threads)
@@ -149,7 +160,7 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in runs.items()}
     result = {
         "benchmark": "train_throughput",
-        "model": {"name": "mbconv", "blocks": BLOCKS, "input": [1, 28, 28], "batch": BATCH},
+        "model": {"name": "mbconv", "net": NET, **NETS[NET], "input": [1, 28, 28], "batch": BATCH},
         "data": source,
         "steps": args.steps,
         "repeats": args.repeats,
