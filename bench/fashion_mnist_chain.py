@@ -97,12 +97,16 @@ def command_of(summary: dict, changed: dict) -> str:
     return " ".join(words)
 
 
-def run_record(summary: dict, recipe) -> dict:
+def name_and_command(summary: dict, recipe) -> dict:
+    """{"name", "command"} of a run against `recipe` (today's)."""
     changed = differences(summary, recipe)
+    return {"name": variant_name(changed), "command": command_of(summary, changed)}
+
+
+def run_record(summary: dict, recipe) -> dict:
     return {
-        "name": variant_name(changed),
+        **name_and_command(summary, recipe),
         "seed": summary.get("random_seed"),
-        "command": command_of(summary, changed),
         "ran": {row["id"]: row["command"] for row in summary["steps"]},
         "steps": [
             {
@@ -135,8 +139,7 @@ def renamed(record: dict, recipe) -> dict:
         "random_seed": record["seed"],
         "steps": [{"id": step, "command": command} for step, command in record["ran"].items()],
     }
-    changed = differences(summary, recipe)
-    return {**record, "name": variant_name(changed), "command": command_of(summary, changed)}
+    return {**record, **name_and_command(summary, recipe)}
 
 
 def spread(values: list[float]) -> dict:

@@ -46,12 +46,11 @@ NETS = {
 }  # fmt: skip
 BATCH = 128
 WARMUP = 5
-NET = "bench"  # set by --net
 
 
-def make_model() -> torch.nn.Module:
+def make_model(net: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("mbconv", num_classes=10, in_channels=1, input_size=28, **NETS[NET])
+    return create_model("mbconv", num_classes=10, in_channels=1, input_size=28, **NETS[net])
 
 
 def get_data():
@@ -61,9 +60,9 @@ def get_data():
         return load_data("synthetic:train=12000", batch_size=BATCH), "synthetic"
 
 
-def plain_loop(data, steps: int) -> float:
+def plain_loop(data, steps: int, net: str) -> float:
     """What the seed repositories run: fp32, default memory format, SGD, batches ready in memory."""
-    model = make_model().train()
+    model = make_model(net).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     batches = list(data.val.batches(BATCH))  # normalised float tensors, no augmentation
     started = 0.0
@@ -78,8 +77,8 @@ def plain_loop(data, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - started)
 
 
-def engine(data, steps: int, precision: str = "auto") -> tuple[float, dict]:
-    model = make_model()
+def engine(data, steps: int, net: str, precision: str = "auto") -> tuple[float, dict]:
+    model = make_model(net)
     common = dict(batch_size=BATCH, lr=0.05, weight_decay=5e-4, precision=precision, seed=0, keep_best=False)
     fit(
         model, _no_val(data), TrainConfig(epochs=1, max_steps_per_epoch=WARMUP, **common), show_progress=False
@@ -100,16 +99,16 @@ def _no_val(data):
 
 
 MEASURES = {
-    "plain_fp32": lambda data, steps: (plain_loop(data, steps), {}),
-    "engine": lambda data, steps: engine(data, steps),
-    "engine_fp32_channels_last": lambda data, steps: engine(data, steps, precision="fp32"),
+    "plain_fp32": lambda data, steps, net: (plain_loop(data, steps, net), {}),
+    "engine": lambda data, steps, net: engine(data, steps, net),
+    "engine_fp32_channels_last": lambda data, steps, net: engine(data, steps, net, precision="fp32"),
 }
 
 
-def measure_in_subprocess(name: str, steps: int, threads: int) -> tuple[float, dict, str]:
+def measure_in_subprocess(name: str, steps: int, threads: int, net: str) -> tuple[float, dict, str]:
     """Run one measurement in a fresh interpreter; returns (images/s, engine runtime, data source)."""
     env = dict(os.environ, MNCLI_NUM_THREADS=str(threads))
-    argv = ["--one", name, "--steps", str(steps), "--threads", str(threads), "--net", NET]
+    argv = ["--one", name, "--steps", str(steps), "--threads", str(threads), "--net", net]
     done = subprocess.run(
         [sys.executable, __file__, *argv], env=env, check=True, capture_output=True, text=True
     )
@@ -117,13 +116,13 @@ def measure_in_subprocess(name: str, steps: int, threads: int) -> tuple[float, d
     return result["images_per_s"], result["runtime"], result["data"]
 
 
-def measure_here(name: str, steps: int, threads: int) -> None:
+def measure_here(name: str, steps: int, threads: int, net: str) -> None:
     from mncli.log import set_verbosity
 
     set_verbosity(quiet=True)
     torch.set_num_threads(threads)
     data, source = get_data()
-    rate, runtime = MEASURES[name](data, steps)
+    rate, runtime = MEASURES[name](data, steps, net)
     print(json.dumps({"images_per_s": rate, "runtime": runtime, "data": source}))
 
 
@@ -139,17 +138,15 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json"
     )
     args = parser.parse_args()
-    global NET
-    NET = args.net
     threads = args.threads or len(os.sched_getaffinity(0))
     if args.one:
-        return measure_here(args.one, args.steps, threads)
+        return measure_here(args.one, args.steps, threads, args.net)
     names = ["plain_fp32", "engine"] + (["engine_fp32_channels_last"] if args.variants else [])
     runs: dict[str, list[float]] = {name: [] for name in names}
     runtime, source = {}, ""
     for repeat in range(args.repeats):
         for name in names:
-            rate, measured_runtime, source = measure_in_subprocess(name, args.steps, threads)
+            rate, measured_runtime, source = measure_in_subprocess(name, args.steps, threads, args.net)
             runs[name].append(rate)
             if name == "engine":
                 runtime = measured_runtime
@@ -160,7 +157,7 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in runs.items()}
     result = {
         "benchmark": "train_throughput",
-        "model": {"name": "mbconv", "net": NET, **NETS[NET], "input": [1, 28, 28], "batch": BATCH},
+        "model": {"name": "mbconv", "net": args.net, **NETS[args.net], "input": [1, 28, 28], "batch": BATCH},
         "data": source,
         "steps": args.steps,
         "repeats": args.repeats,

@@ -115,21 +115,25 @@ def _fp32_forward(module: torch.nn.Conv2d):
     return forward
 
 
+def _route(module: torch.nn.Module):
+    """The forward builder of `module`'s route, or None when autocast's own bf16 is the faster."""
+    if runs_in_fp32(module):
+        return _fp32_forward
+    if is_strided_depthwise(module):
+        return _bf16_forward
+    return None
+
+
 def patch_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Route the model's depthwise convs as the module docstring says while CPU bf16 autocast is on;
     returns the patched modules (undo with `restore_forward`). Both routes read `module.weight` at
     each call, so weight parametrizations (masks, quantizers) still apply."""
     patched = []
     for module in model.modules():
-        if "forward" in module.__dict__:
-            continue
-        if runs_in_fp32(module):
-            module.forward = _fp32_forward(module)
-        elif is_strided_depthwise(module):
-            module.forward = _bf16_forward(module)
-        else:
-            continue
-        patched.append(module)
+        route = _route(module)
+        if route is not None and "forward" not in module.__dict__:
+            module.forward = route(module)
+            patched.append(module)
     return patched
 
 
