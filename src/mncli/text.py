@@ -52,6 +52,12 @@ def clipped(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's text (its type's name when it has none), cut to `limit`."""
+    lines = str(exc).strip().splitlines()
+    return clipped(lines[0] if lines else type(exc).__name__, limit)
+
+
 def shown(value: object, limit: int = 60) -> str:
     """repr(value) for an error message, cut short: a value from a file or the command line may be any
     length."""

@@ -34,7 +34,7 @@ from typing import Any
 from mncli.artifact.hashing import file_sha256
 from mncli.errors import BadInput
 from mncli.log import progress, warn
-from mncli.models.registry import _first_line
+from mncli.text import first_line
 
 COMMON = ("num_classes", "in_channels", "input_size")
 PACKAGES = ("torchvision", "timm")
@@ -101,7 +101,7 @@ def _from_file(name: str, path: Path, attr: str) -> tuple[Any, dict]:
                 sys.modules.pop(module_name, None)
             else:
                 sys.modules[module_name] = previous
-            raise BadInput(f"cannot import {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise BadInput(f"cannot import {path}: {type(exc).__name__}: {first_line(exc)}") from None
         _FILE_MODULES[key] = module
     module = _FILE_MODULES[key]
     return _attribute(name, module, attr, str(path)), {"file": str(path), "sha256": digest}
@@ -118,11 +118,11 @@ def _from_module(name: str, module_name: str, attr: str) -> tuple[Any, dict]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise BadInput(
-            f"cannot import {module_name} (architecture {name}): {_first_line(exc)}",
+            f"cannot import {module_name} (architecture {name}): {first_line(exc)}",
             hint="install the package, or give path/to/file.py:builder",
         ) from None
     except Exception as exc:  # noqa: BLE001 - whatever the module raises on import
-        raise BadInput(f"cannot import {module_name}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise BadInput(f"cannot import {module_name}: {type(exc).__name__}: {first_line(exc)}") from None
     source: dict[str, Any] = {"module": module_name}
     file = getattr(module, "__file__", None)
     if file and Path(file).is_file():

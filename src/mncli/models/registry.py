@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mncli.errors import BadInput
-from mncli.text import clipped, shown
+from mncli.text import first_line, shown
 
 COMMON_ARGS = ("num_classes", "in_channels", "input_size")
 
@@ -155,7 +155,7 @@ def _load_entry_points() -> None:
 
                 register_family(**family_of_entry_point(point.name, loaded))(loaded)
         except Exception as exc:  # noqa: BLE001 - whatever a plugin raises: it is skipped, and said
-            warn(f"model plugin {point.name} ({point.value}) not loaded: {_first_line(exc)}")
+            warn(f"model plugin {point.name} ({point.value}) not loaded: {first_line(exc)}")
 
 
 def families() -> dict[str, Family]:
@@ -281,7 +281,7 @@ def resolve_args(name: str, args: dict | None = None) -> tuple[Family, dict]:
         try:
             resolved = family.resolve(resolved)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BadInput(f"cannot build {name}: {_first_line(exc)}") from exc
+            raise BadInput(f"cannot build {name}: {first_line(exc)}") from exc
     resolved = _jsonable_args(name, resolved)
     return family, resolved
 
@@ -313,11 +313,6 @@ def _fmt(number: float) -> str:
     return f"{number:,}" if isinstance(number, int) else f"{number:g}"
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    lines = str(exc).strip().splitlines()
-    return clipped(lines[0] if lines else type(exc).__name__, limit)
-
-
 def _jsonable_args(name: str, args: dict) -> dict:
     def convert(value: Any) -> Any:
         if isinstance(value, tuple | list):
@@ -330,7 +325,7 @@ def _jsonable_args(name: str, args: dict) -> dict:
     try:
         json.dumps(args, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise BadInput(f"arguments of {name} are not JSON-serialisable: {_first_line(exc)}") from exc
+        raise BadInput(f"arguments of {name} are not JSON-serialisable: {first_line(exc)}") from exc
     return args
 
 
@@ -407,7 +402,7 @@ def _build(family: Family, name: str, builder_args: dict, given: dict):
         raise
     except errors as exc:
         detail = f" with {shown(given, 120)}" if given else ""
-        raise BadInput(f"cannot build {name}{detail}: {_first_line(exc)}") from exc
+        raise BadInput(f"cannot build {name}{detail}: {first_line(exc)}") from exc
 
 
 def _count_params(name: str, model) -> int:

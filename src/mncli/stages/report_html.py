@@ -19,7 +19,7 @@ import io
 from pathlib import Path
 
 from mncli.errors import BadInput
-from mncli.scaling.plot import PALETTE
+from mncli.scaling.plot import PALETTE, group_style
 from mncli.stages.report import (
     COLUMNS,
     MEASURED_KEYS,
@@ -551,7 +551,8 @@ def _curve(page: Page, segments, spans, spec) -> str | None:
             points = [(r["x"], factor * r[metric]) for r in records if isinstance(r.get(metric), int | float)]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, style, color=PALETTE[c % len(PALETTE)], marker="o", ms=3, lw=1.4)
+                colour, marker = group_style(c)
+                ax.plot(xs, ys, style, color=colour, marker=marker, ms=3, lw=1.4)
     centres = {}
     for start, end, key in spans:
         if start > 0:
@@ -565,10 +566,10 @@ def _curve(page: Page, segments, spans, spec) -> str | None:
     top.tick_params(length=0)
     handles = [Line2D([], [], color="0.2", ls=style, label=name) for _, name, style in metrics]
     if len(page.chains) > 1:
-        handles += [
-            Line2D([], [], color=PALETTE[c % len(PALETTE)], lw=3, label=page.artifacts[chain[-1]].name)
-            for c, chain in enumerate(page.chains)
-        ]
+        for c, chain in enumerate(page.chains):
+            colour, marker = group_style(c)
+            label = page.artifacts[chain[-1]].name
+            handles.append(Line2D([], [], color=colour, marker=marker, lw=3, label=label))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     if factor == 100 and ident != "fig-accuracy":
         ax.set_ylim(0, 100)
