@@ -28,29 +28,37 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from machine import cpu_name
 
 from mncli.data import load_data
 from mncli.engine import TrainConfig, fit
 from mncli.errors import MncliError
-from mncli.models import create_model
+from mncli.models import create_model, parse_arch_opts
 
-BLOCKS = ["ir_r1_k3_s1_e1_c16", "ir_r2_k3_s2_e4_c24", "ir_r2_k3_s2_e4_c40", "ir_r1_k3_s2_e4_c80"]
-NETS = {
-    "bench": {"blocks": BLOCKS, "stem_channels": 16, "head_channels": 256},
-    "fashion-mnist-chain": {  # examples/fashion_mnist.yaml's train step
-        "blocks": ["ir_r2_k3_s2_e3_c16", "ir_r2_k5_s2_e3_c32", "ir_r1_k7_s2_e3_c48", "ir_r1_k5_s1_e3_c48",
-                   "ir_r1_k5_s1_e3_c64"],
-        "stem_channels": 8, "head_channels": 0, "act": "hswish",
-    },
+BENCH_NET = {
+    "blocks": ["ir_r1_k3_s1_e1_c16", "ir_r2_k3_s2_e4_c24", "ir_r2_k3_s2_e4_c40", "ir_r1_k3_s2_e4_c80"],
+    "stem_channels": 16, "head_channels": 256, "num_classes": 10, "in_channels": 1, "input_size": 28,
 }  # fmt: skip
+CHAIN_RECIPE = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist.yaml"
+NETS = ("bench", "fashion-mnist-chain")
 BATCH = 128
 WARMUP = 5
 
 
+def net_args(net: str) -> dict:
+    """The mbconv arguments of `net`: the benchmark's 3x3 net, or the one the chain's train step
+    builds, read from its --arch-opt list so that the two cannot drift apart."""
+    if net == "bench":
+        return BENCH_NET
+    steps = yaml.safe_load(CHAIN_RECIPE.read_text(encoding="utf-8"))["steps"]
+    train = next(step for step in steps if step["id"] == "train")
+    return parse_arch_opts(train["args"]["--arch-opt"])
+
+
 def make_model(net: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("mbconv", num_classes=10, in_channels=1, input_size=28, **NETS[net])
+    return create_model("mbconv", **net_args(net))
 
 
 def get_data():
@@ -100,7 +108,7 @@ def _no_val(data):
 
 MEASURES = {
     "plain_fp32": lambda data, steps, net: (plain_loop(data, steps, net), {}),
-    "engine": lambda data, steps, net: engine(data, steps, net),
+    "engine": engine,
     "engine_fp32_channels_last": lambda data, steps, net: engine(data, steps, net, precision="fp32"),
 }
 
@@ -132,7 +140,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="threads for both loops (default: all cores)")
-    parser.add_argument("--net", choices=sorted(NETS), default="bench", help="which network to train")
+    parser.add_argument("--net", choices=NETS, default="bench", help="which network to train")
     parser.add_argument("--one", choices=sorted(MEASURES), help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json"
@@ -157,7 +165,7 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in runs.items()}
     result = {
         "benchmark": "train_throughput",
-        "model": {"name": "mbconv", "net": args.net, **NETS[args.net], "input": [1, 28, 28], "batch": BATCH},
+        "model": {"name": "mbconv", "net": args.net, **net_args(args.net), "batch": BATCH},
         "data": source,
         "steps": args.steps,
         "repeats": args.repeats,

@@ -90,38 +90,36 @@ def _under_bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is BF16
 
 
-def _bf16_forward(module: torch.nn.Conv2d):
-    original = type(module).forward
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not _under_bf16_autocast():
-            return original(module, x)
-        return _StridedDepthwiseBF16.apply(
-            x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups
-        )
-
-    return forward
+def _bf16_route(module: torch.nn.Conv2d, original, x: torch.Tensor) -> torch.Tensor:
+    return _StridedDepthwiseBF16.apply(
+        x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups
+    )
 
 
-def _fp32_forward(module: torch.nn.Conv2d):
-    original = type(module).forward
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not _under_bf16_autocast():
-            return original(module, x)
-        with torch.autocast("cpu", enabled=False):
-            return original(module, x.float()).to(BF16)
-
-    return forward
+def _fp32_route(module: torch.nn.Conv2d, original, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):
+        return original(module, x.float()).to(BF16)
 
 
 def _route(module: torch.nn.Module):
-    """The forward builder of `module`'s route, or None when autocast's own bf16 is the faster."""
+    """`module`'s route, or None when autocast's own bf16 is the faster."""
     if runs_in_fp32(module):
-        return _fp32_forward
+        return _fp32_route
     if is_strided_depthwise(module):
-        return _bf16_forward
+        return _bf16_route
     return None
+
+
+def _routed_forward(module: torch.nn.Conv2d, route):
+    """A forward that takes `route` under CPU bf16 autocast and the class's own forward elsewhere."""
+    original = type(module).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _under_bf16_autocast():
+            return original(module, x)
+        return route(module, original, x)
+
+    return forward
 
 
 def patch_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -132,7 +130,7 @@ def patch_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
     for module in model.modules():
         route = _route(module)
         if route is not None and "forward" not in module.__dict__:
-            module.forward = route(module)
+            module.forward = _routed_forward(module, route)
             patched.append(module)
     return patched
 
