@@ -10,7 +10,6 @@ TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO := demo
 RUNS := runs/fashion-mnist
-JOBS ?= 2
 
 .PHONY: install data test test-all lint format demo fashion-mnist fashion-mnist-baseline fashion-mnist-search bench gpu-check clean help
 .PHONY: reproduce-ec2t-cifar100 reproduce-mit-cifar100 reproduce-rl1-cifar100
@@ -57,11 +56,16 @@ data:
 		echo "(or point MNCLI_DATA at a folder holding the four IDX files)"; \
 	fi
 
+# The tests run one thread each (tests/conftest.py), so one pytest-xdist worker per core; the tests
+# sharing an expensive module fixture carry one xdist_group, so --dist loadgroup builds it once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+
 test: install
-	$(PY) -m pytest -m "not slow" -p no:cacheprovider
+	$(PYTEST) -m "not slow"
 
 test-all: install
-	$(PY) -m pytest -p no:cacheprovider
+	$(PYTEST)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench examples reproduce

@@ -168,6 +168,10 @@ def test_smoke_data_is_fashion_mnist_idx_and_loads_through_mncli(tmp_path):
     assert np.array_equal(data.test.images.numpy().reshape(30, 28, 28), stored)
 
 
+# The tests on one smoke run share a worker under `pytest -n`, so the run is made once.
+SMOKE_RUN = pytest.mark.xdist_group("fashion-mnist-smoke-run")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fashion-mnist") / "seed3"
@@ -175,6 +179,7 @@ def smoke_run(tmp_path_factory):
     return folder, done
 
 
+@SMOKE_RUN
 def test_the_smoke_chain_runs_and_reports_each_step_and_the_target(smoke_run):
     folder, done = smoke_run
     assert done.returncode == 0, done.stderr[-3000:]
@@ -193,6 +198,7 @@ def test_the_smoke_chain_runs_and_reports_each_step_and_the_target(smoke_run):
     assert "target (final): test top-1 >= 92.50 %, score <= 0.0004, in <= 60 min: not met" in done.stdout
 
 
+@SMOKE_RUN
 def test_the_collector_keeps_earlier_runs_and_draws_every_step(smoke_run, tmp_path):
     pytest.importorskip("matplotlib")
     folder, done = smoke_run

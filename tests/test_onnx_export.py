@@ -25,6 +25,9 @@ ort = pytest.importorskip("onnxruntime")
 from mncli.bundle import load_bundle  # noqa: E402
 from mncli.cli.app import main  # noqa: E402
 
+# Every test reads the module's one chain: under `pytest -n` they share a worker, so it is built once.
+pytestmark = pytest.mark.xdist_group("onnx-export-chain")
+
 SYN = "synthetic:classes=4,shape=1x28x28,train=128,test=32"
 DATA = ["--dataset", SYN]
 # kind -> the CLI stage making it from an earlier kind (the demo's chain, then 4-bit and fp16 layers)
