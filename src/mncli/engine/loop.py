@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mncli.engine import checkpoint as ckpt
-from mncli.engine import depthwise, distributed, runtime
+from mncli.engine import depthwise, distributed, pooling, runtime
 from mncli.engine.callbacks import Callback, Context
 from mncli.engine.config import TrainConfig
 from mncli.engine.evaluate import evaluate
@@ -60,6 +60,8 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     patched = []
+    if rt.device.type == "cpu":
+        patched += pooling.patch_global_pools(model)
     if rt.device.type == "cpu" and rt.autocast_dtype is torch.bfloat16:
         patched += depthwise.patch_depthwise(model)
     if teacher is not None:
