@@ -191,8 +191,6 @@ def smoke_runs(tmp_path_factory):
 # The rerun test reruns the ec2t-cifar100 smoke run: under `pytest -n` both go to one worker (so the
 # run is made once) by their xdist group.
 RERUN = pytest.mark.xdist_group("ec2t-cifar100-smoke")
-
-
 SMOKE_TARGETS = [pytest.param(n, marks=RERUN) if n == "ec2t-cifar100" else n for n in RECIPES]
 
 
