@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from mncli.engine import batchnorm, depthwise, distributed, pooling, runtime
 from mncli.engine import checkpoint as ckpt
-from mncli.engine import depthwise, distributed, pooling, runtime
 from mncli.engine.callbacks import Callback, Context
 from mncli.engine.config import TrainConfig
 from mncli.engine.evaluate import evaluate
@@ -75,6 +75,8 @@ def fit(
             patched += distributed.sync_batchnorm(model)
         elif rt.is_main:
             log("--sync-bn: one process, so BatchNorm is left as it is")
+    if rt.device.type == "cpu" and channels_last:
+        patched += batchnorm.patch_narrow_batchnorms(model)
     forward_model = model
     if rt.world_size > 1:
         forward_model = torch.nn.parallel.DistributedDataParallel(

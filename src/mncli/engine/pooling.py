@@ -30,7 +30,7 @@ class _GlobalMean(torch.autograd.Function):
         return grad.copy_((grad_out / (height * width)).expand(ctx.input_shape))
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -42,7 +42,7 @@ def _layout_keeping_forward(module: torch.nn.AdaptiveAvgPool2d):
     original = type(module).forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not (x.requires_grad and _is_channels_last(x)):
+        if not (x.requires_grad and is_channels_last(x)):
             return original(module, x)
         return _GlobalMean.apply(x)
 

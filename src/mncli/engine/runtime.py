@@ -2,9 +2,10 @@
 
 CPU defaults (measured by bench/train_throughput.py): channels_last, and bfloat16 autocast when the
 processor has native bf16 (AVX512-BF16 / AMX / Arm BF16 in its flags, and oneDNN supports it), with
-strided depthwise convs routed around oneDNN's slow bf16 input gradient (depthwise.py), and global
-average pools whose gradient keeps the input's layout (pooling.py). CUDA: fp16 AMP with a grad
-scaler (bf16 where the GPU has it), channels_last, pinned memory.
+strided depthwise convs routed around oneDNN's slow bf16 input gradient (depthwise.py), global
+average pools whose gradient keeps the input's layout (pooling.py), and batch norms with few
+channels computed in NCHW (batchnorm.py). CUDA: fp16 AMP with a grad scaler (bf16 where the GPU
+has it), channels_last, pinned memory.
 """
 
 from __future__ import annotations
