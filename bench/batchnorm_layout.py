@@ -2,7 +2,7 @@
 
 For each channel count and resolution (batch 128), one BatchNorm2d in training mode takes a
 channels_last input through forward and backward (input, weight and bias gradients) as it is, and
-once more through the engine's route (`engine.batchnorm.route_through_nchw`, on every width here), in
+once more through the engine's route (`engine.batchnorm.nchw_forward`, on every width here), in
 fp32 and in bf16. The median milliseconds of each, their ratio and whether `is_narrow` routes that
 width go to bench/results/batchnorm_layout.json, with the widths where the rule and the measurement
 disagree.
@@ -50,7 +50,7 @@ def step_ms(bn: torch.nn.BatchNorm2d, x: torch.Tensor, grad_out: torch.Tensor, r
 
 def routed(channels: int) -> torch.nn.BatchNorm2d:
     bn = torch.nn.BatchNorm2d(channels)
-    batchnorm.route_through_nchw(bn)
+    bn.forward = batchnorm.nchw_forward(bn)
     return bn
 
 

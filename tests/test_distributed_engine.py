@@ -168,7 +168,7 @@ def test_sync_bn_two_processes_train_as_one_process_with_both_batches(tmp_path, 
 
 
 def test_sync_bn_modules_keep_their_class_and_state_and_are_restored():
-    from mncli.engine import depthwise, distributed
+    from mncli.engine import distributed, forwards
     from mncli.models import create_model
 
     model = create_model("test-cnn", num_classes=4, in_channels=1, input_size=8, width=4)
@@ -178,7 +178,7 @@ def test_sync_bn_modules_keep_their_class_and_state_and_are_restored():
     assert model.state_dict().keys() == before.keys()
     model.eval()  # evaluation uses the running statistics, no collective: runs without a group
     model(torch.randn(2, 1, 8, 8))
-    depthwise.restore_forward(patched)
+    forwards.restore_forward(patched)
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 

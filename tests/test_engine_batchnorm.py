@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mncli.data import load_data
-from mncli.engine import Callback, TrainConfig, batchnorm, depthwise, fit
+from mncli.engine import Callback, TrainConfig, batchnorm, fit, forwards
 from mncli.models import create_model
 
 CL = torch.channels_last
@@ -102,7 +102,7 @@ def test_only_narrow_batchnorm2d_layers_are_patched_and_restore_undoes_it():
     assert patched == [model[0], model[3], model[5]] and batchnorm.patch_narrow_batchnorms(model) == []
     wide = {dtype: [c for c in range(1, 65) if not batchnorm.is_narrow(c, dtype)] for dtype in DTYPES}
     assert wide == {torch.float32: [16, *range(32, 65)], torch.bfloat16: [16, 32, *range(48, 65)]}
-    depthwise.restore_forward(patched)
+    forwards.restore_forward(patched)
     assert all("forward" not in m.__dict__ for m in patched)
 
 

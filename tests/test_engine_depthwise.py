@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.utils.parametrize as parametrize
 
-from mncli.engine import depthwise, runtime
+from mncli.engine import depthwise, forwards, runtime
 
 
 def _grads(conv, x, autocast: bool):
@@ -40,7 +40,7 @@ def test_matches_the_fp32_convolution(size, stride, padding, kernel, bias):
     patched = depthwise.patch_depthwise(conv)
     assert patched == [conv]
     got_out, got = _grads(conv, x, autocast=True)
-    depthwise.restore_forward(patched)
+    forwards.restore_forward(patched)
     assert "forward" not in conv.__dict__
     assert got_out.shape == want_out.shape
     assert torch.allclose(got_out, want_out, rtol=0.02, atol=0.05)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mncli.data import load_data
-from mncli.engine import Callback, TrainConfig, depthwise, fit, pooling
+from mncli.engine import Callback, TrainConfig, fit, forwards, pooling
 from mncli.models import create_model
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -67,7 +67,7 @@ def test_only_one_by_one_adaptive_pools_are_patched_and_restore_undoes_it():
     assert patched == [model[0], model[1]] and pooling.patch_global_pools(model) == []
     unbatched = torch.randn(3, 4, 4)
     assert torch.equal(model[0](unbatched), nn.functional.adaptive_avg_pool2d(unbatched, 1))
-    depthwise.restore_forward(patched)
+    forwards.restore_forward(patched)
     assert all("forward" not in m.__dict__ for m in model)
 
 

@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from mncli.engine.pooling import is_channels_last
+from mncli.engine.forwards import is_channels_last, replace_forwards
 
 
 def is_narrow(channels: int, dtype: torch.dtype) -> bool:
@@ -41,9 +41,8 @@ class _Relayout(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.back), None, None
 
 
-def route_through_nchw(module: torch.nn.BatchNorm2d, for_dtype=lambda dtype: True) -> None:
-    """Give `module` the forward of the module docstring, for inputs whose dtype `for_dtype` accepts
-    (undo with `depthwise.restore_forward([module])`)."""
+def nchw_forward(module: torch.nn.BatchNorm2d, for_dtype=lambda dtype: True):
+    """The forward of the module docstring for `module`, for inputs whose dtype `for_dtype` accepts."""
     original = type(module).forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -52,20 +51,18 @@ def route_through_nchw(module: torch.nn.BatchNorm2d, for_dtype=lambda dtype: Tru
         nchw = _Relayout.apply(x, torch.contiguous_format, torch.channels_last)
         return _Relayout.apply(original(module, nchw), torch.channels_last, torch.contiguous_format)
 
-    module.forward = forward
+    return forward
 
 
 def patch_narrow_batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Route the model's narrow BatchNorm2d layers through NCHW; returns the patched modules (undo
-    with `depthwise.restore_forward`). Modules whose forward is already replaced (synchronised
+    with `forwards.restore_forward`). Modules whose forward is already replaced (synchronised
     batch norm under torchrun) are left alone."""
-    patched = []
-    for module in model.modules():
-        if (
-            isinstance(module, torch.nn.BatchNorm2d)
-            and is_narrow(module.num_features, torch.bfloat16)  # the wider of the two rules
-            and "forward" not in module.__dict__
-        ):
-            route_through_nchw(module, functools.partial(is_narrow, module.num_features))
-            patched.append(module)
-    return patched
+
+    def forward_for(module: torch.nn.Module):
+        # is_narrow in bf16 is the wider of the two rules; the forward applies the input's own
+        if isinstance(module, torch.nn.BatchNorm2d) and is_narrow(module.num_features, torch.bfloat16):
+            return nchw_forward(module, functools.partial(is_narrow, module.num_features))
+        return None
+
+    return replace_forwards(model, forward_for)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mncli.engine.forwards import replace_forwards
+
 BF16 = torch.bfloat16
 
 
@@ -124,17 +126,11 @@ def _routed_forward(module: torch.nn.Conv2d, route):
 
 def patch_depthwise(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Route the model's depthwise convs as the module docstring says while CPU bf16 autocast is on;
-    returns the patched modules (undo with `restore_forward`). Both routes read `module.weight` at
-    each call, so weight parametrizations (masks, quantizers) still apply."""
-    patched = []
-    for module in model.modules():
+    returns the patched modules (undo with `forwards.restore_forward`). Both routes read
+    `module.weight` at each call, so weight parametrizations (masks, quantizers) still apply."""
+
+    def forward_for(module: torch.nn.Module):
         route = _route(module)
-        if route is not None and "forward" not in module.__dict__:
-            module.forward = _routed_forward(module, route)
-            patched.append(module)
-    return patched
+        return None if route is None else _routed_forward(module, route)
 
-
-def restore_forward(modules: list[torch.nn.Module]) -> None:
-    for module in modules:
-        module.__dict__.pop("forward", None)
+    return replace_forwards(model, forward_for)

@@ -21,6 +21,9 @@ import os
 from collections.abc import Sequence
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mncli.engine.forwards import replace_forwards
 
 RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
 RUN_ID_ENV = "TORCHELASTIC_RUN_ID"
@@ -168,10 +171,7 @@ def sync_batchnorm(model: torch.nn.Module) -> list[torch.nn.Module]:
     (what torch.nn.SyncBatchNorm does, on any device: torch's refuses CPU tensors, so the CPU test
     would not run the code GPUs run). The modules keep their class, parameters, buffers and
     state-dict keys; only their forward is replaced, in training mode (evaluation uses the running
-    statistics as before). Returns the patched modules; `depthwise.restore_forward` undoes it."""
-    patched = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and "forward" not in module.__dict__:
-            module.forward = _synced_forward(module)
-            patched.append(module)
-    return patched
+    statistics as before). Returns the patched modules; `forwards.restore_forward` undoes it."""
+    return replace_forwards(
+        model, lambda module: _synced_forward(module) if isinstance(module, _BatchNorm) else None
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mncli.engine import batchnorm, depthwise, distributed, pooling, runtime
+from mncli.engine import batchnorm, depthwise, distributed, forwards, pooling, runtime
 from mncli.engine import checkpoint as ckpt
 from mncli.engine.callbacks import Callback, Context
 from mncli.engine.config import TrainConfig
@@ -233,7 +233,7 @@ def fit(
         for callback in callbacks:
             callback.on_train_end(ctx)
     finally:
-        depthwise.restore_forward(patched)
+        forwards.restore_forward(patched)
         if channels_last:  # hand the models back in the ordinary layout
             for module in (model, teacher):
                 if module is not None:

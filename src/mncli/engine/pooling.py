@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mncli.engine.forwards import is_channels_last, replace_forwards
+
 
 class _GlobalMean(torch.autograd.Function):
     @staticmethod
@@ -28,10 +30,6 @@ class _GlobalMean(torch.autograd.Function):
             ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=torch.channels_last
         )
         return grad.copy_((grad_out / (height * width)).expand(ctx.input_shape))
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def is_global_pool(module: torch.nn.Module) -> bool:
@@ -51,10 +49,7 @@ def _layout_keeping_forward(module: torch.nn.AdaptiveAvgPool2d):
 
 def patch_global_pools(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Give the model's global average pools the layout-keeping backward; returns the patched modules
-    (undo with `depthwise.restore_forward`)."""
-    patched = []
-    for module in model.modules():
-        if is_global_pool(module) and "forward" not in module.__dict__:
-            module.forward = _layout_keeping_forward(module)
-            patched.append(module)
-    return patched
+    (undo with `forwards.restore_forward`)."""
+    return replace_forwards(
+        model, lambda module: _layout_keeping_forward(module) if is_global_pool(module) else None
+    )
