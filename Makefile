@@ -89,7 +89,8 @@ FM_DIR = $(or $(DIR),$(RUNS)/$(if $(filter 1,$(SMOKE)),smoke-)seed$(SEED))
 fashion-mnist: install
 	$(PY) reproduce/run.py examples/fashion_mnist.yaml --seed $(SEED) --dir $(FM_DIR) \
 		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
-	$(MNCLI) verify $(FM_DIR)/quantize.safetensors --reproduce
+	$(MNCLI) verify $(FM_DIR)/quantize.safetensors --reproduce \
+		$(if $(filter 1,$(SMOKE)),--data-dir $(FM_DIR)/data,$(if $(DATA_DIR),--data-dir $(DATA_DIR)))
 	$(if $(filter 1,$(SMOKE)),,$(PY) bench/fashion_mnist_chain.py $(FM_DIR))
 
 # The Fashion-MNIST baseline of the training issue: fmnist-net, 20 epochs.
