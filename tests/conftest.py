@@ -1,5 +1,6 @@
 """Shared test helpers: `run_cli` runs the command line in-process, `tiny_artifact` writes a small
-zoo model as an artifact (`from conftest import tiny_artifact`)."""
+zoo model as an artifact (`from conftest import tiny_artifact`), `RoutedAtTrainStart` tells whether
+fit gave a module one of the engine's per-instance forwards."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from mncli.engine import Callback
 
 os.environ.setdefault("MNCLI_NUM_THREADS", "1")
 # Every torchrun worker a test starts runs the collective checker (tests/distributed_checker.py).
@@ -93,3 +96,14 @@ def write_image_folder(root: Path, classes: tuple[str, ...], counts: dict[str, i
             for i in range(count):
                 Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(target / f"{i}.jpg")
     return root
+
+
+class RoutedAtTrainStart(Callback):
+    """A fit callback: `routed` is whether the module `name` had a per-instance forward (one of the
+    engine's routes) when training started."""
+
+    def __init__(self, name: str):
+        self.name, self.routed = name, None
+
+    def on_train_start(self, ctx):
+        self.routed = "forward" in dict(ctx.model.named_modules())[self.name].__dict__

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import RoutedAtTrainStart
 from mncli.data import load_data
-from mncli.engine import Callback, TrainConfig, fit, forwards, pooling
+from mncli.engine import TrainConfig, fit, forwards, pooling
 from mncli.models import create_model
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -71,18 +72,10 @@ def test_only_one_by_one_adaptive_pools_are_patched_and_restore_undoes_it():
     assert all("forward" not in m.__dict__ for m in model)
 
 
-class _SeesThePool(Callback):
-    def __init__(self):
-        self.routed = None
-
-    def on_train_start(self, ctx):
-        self.routed = "forward" in ctx.model.pool.__dict__
-
-
 def test_fit_routes_the_pool_on_the_cpu_and_hands_the_model_back():
     data = load_data("synthetic:classes=4,shape=1x8x8,train=64,test=32", batch_size=32)
     torch.manual_seed(0)
     model = create_model("test-cnn", num_classes=4, in_channels=1, input_size=8, width=4)
-    seen = _SeesThePool()
+    seen = RoutedAtTrainStart("pool")
     fit(model, data, TrainConfig(epochs=1, batch_size=32, precision="fp32", device="cpu"), [seen])
     assert seen.routed is True and "forward" not in model.pool.__dict__

@@ -1,5 +1,6 @@
-"""Per-instance forwards: how the engine's routes (depthwise.py, pooling.py, batchnorm.py) and
-synchronised batch norm (distributed.py) change what a module computes for the length of a fit.
+"""Per-instance forwards: how the engine's routes (depthwise.py, pooling.py, batchnorm.py,
+strided_pointwise.py) and synchronised batch norm (distributed.py) change what a module computes
+for the length of a fit.
 
 Each sets `module.forward` on the instance, so the module keeps its class, parameters, buffers and
 state-dict keys, and `restore_forward` undoes it by deleting that attribute. A module whose forward

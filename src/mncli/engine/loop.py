@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mncli.engine import batchnorm, depthwise, distributed, forwards, pooling, runtime
+from mncli.engine import batchnorm, depthwise, distributed, forwards, pooling, runtime, strided_pointwise
 from mncli.engine import checkpoint as ckpt
 from mncli.engine.callbacks import Callback, Context
 from mncli.engine.config import TrainConfig
@@ -77,6 +77,7 @@ def fit(
             log("--sync-bn: one process, so BatchNorm is left as it is")
     if rt.device.type == "cpu" and channels_last:
         patched += batchnorm.patch_narrow_batchnorms(model)
+        patched += strided_pointwise.patch_strided_pointwise(model)
     forward_model = model
     if rt.world_size > 1:
         forward_model = torch.nn.parallel.DistributedDataParallel(
