@@ -78,7 +78,11 @@ def _check_logits(expected, got, quantized_inputs: bool) -> None:
     if not quantized_inputs:
         assert close.all(), float(np.abs(got - expected).max())
         return
-    assert close.all(axis=1).mean() >= 0.99
+    # ONNX Runtime and PyTorch sum the pre-quantization activations in different orders, so a value on a
+    # rounding boundary may take the next code: a row or 1 % of rows may differ (one of 32 did on a Zen 3
+    # EPYC with AVX2), by a bounded amount.
+    rows_off = int((~close.all(axis=1)).sum())
+    assert rows_off <= max(1, len(close) // 100), rows_off
     assert float(np.abs(got - expected).max()) <= 0.05 * max(1.0, float(np.abs(expected).max()))
 
 
