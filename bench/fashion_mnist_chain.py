@@ -66,8 +66,7 @@ def differences(summary: dict, recipe) -> dict[str, dict]:
     ran = {row["id"]: shlex.split(row["command"])[1:] for row in summary["steps"]}
     changed: dict[str, dict] = {}
     for step in plan.steps:
-        files = recipe_runner.option_files(step, plan.dir)  # where an inline per-layer recipe was written
-        ours, theirs = options_of(plan.settings(step, files)), options_of(ran[step.id])
+        ours, theirs = options_of(plan.settings(step)), options_of(ran[step.id])
         diff = {flag: value for flag, value in theirs.items() if ours.get(flag) != value}
         diff.update({flag: None for flag in ours if flag not in theirs})
         if diff:

@@ -574,10 +574,11 @@ class Runner:
     def artifact(self, step_id: str) -> Path:
         return self.dir / f"{step_id}.safetensors"
 
-    def settings(self, step: Step, files: dict[str, Path]) -> list[str]:
-        """The step's command line without where the data is and without --resume: what a re-run compares."""
+    def settings(self, step: Step) -> list[str]:
+        """The step's command line without where the data is and without --resume: what a re-run compares
+        (a mapping-valued option is the file `option_files` names for it)."""
         out = ["-o", str(self.artifact(step.id))]
-        options = to_argv(step.args, files)
+        options = to_argv(step.args, option_files(step, self.dir))
         if step.command == IMPORT:
             return [step.command, str(self.inputs[step.checkpoint]["path"]), *options, *out]
         inputs = [str(self.artifact(step.input))] if step.input else []
@@ -589,13 +590,13 @@ class Runner:
         location = ["--data-dir", str(self.data_dir)] if self.data_dir is not None else []
         return location + (["--download"] if self.download else [])
 
-    def command_line(self, step: Step, files: dict[str, Path], resume: bool = True) -> list[str]:
+    def command_line(self, step: Step, resume: bool = True) -> list[str]:
         """The whole argv of a step: a stage also gets the data options and --resume; an import neither."""
         if step.command == IMPORT:
-            return [*self.mncli, *self.settings(step, files)]
+            return [*self.mncli, *self.settings(step)]
         return [
             *self.mncli,
-            *self.settings(step, files),
+            *self.settings(step),
             *self.data_options(),
             *(["--resume"] if resume else []),
         ]
@@ -634,7 +635,7 @@ class Runner:
             for flag, path in files.items():
                 text = _yaml(step.args[flag]).rstrip()
                 print(f"# {path} ({flag}):\n" + "\n".join(f"#   {line}" for line in text.splitlines()))
-            print(shlex.join(self.command_line(step, files)))
+            print(shlex.join(self.command_line(step)))
         for convention in self.scores:
             print(shlex.join(self.score_command(convention)))
 
@@ -687,7 +688,7 @@ class Runner:
         contents.update(
             {path: Path(path).read_text(encoding="utf-8") for path in (step.files or {}).values()}
         )
-        settings = self.settings(step, files)
+        settings = self.settings(step)
         record_path = self.dir / f"{step.id}.step.json"
         previous = _read_json(record_path)
         record = {"settings": settings, "files": contents}
@@ -713,7 +714,7 @@ class Runner:
             path.write_text(_yaml(step.args[flag]), encoding="utf-8")
         # --resume continues an interrupted step (without a checkpoint it starts from the beginning),
         # unless the command or what it reads changed: its checkpoint would be another run's
-        argv = self.command_line(step, files, resume=previous is None or (same and read_before))
+        argv = self.command_line(step, resume=previous is None or (same and read_before))
         _write_json(record_path, {**record, "reads": reads, "done": False})
         log(f"{name}: {shlex.join(['mncli', *argv[len(self.mncli) :]])}")
         started = time.monotonic()

@@ -59,7 +59,7 @@ def test_the_recipe_parses_with_the_commands_it_names_at_the_seed_given(tmp_path
     overrides = runner.parse_overrides(["ternarize:--lambda-div=0.2", "quantize:--accumulator-bits=null"])
     plan = runner.Runner(recipe, tmp_path, smoke=smoke, seed=7, overrides=overrides)
     for step in plan.steps:
-        argv = [*plan.settings(step, runner.option_files(step, tmp_path)), *plan.data_options(), "--resume"]
+        argv = [*plan.settings(step), *plan.data_options(), "--resume"]
         context = commands[argv[0]].make_context(argv[0], argv[1:])
         assert context.params["seed"] == 7 and context.params["dataset"] == "fashion-mnist"
         if step.teacher:
@@ -213,7 +213,7 @@ def test_the_collector_keeps_earlier_runs_and_draws_every_step(smoke_run, tmp_pa
         summary.update(smoke=False, random_seed=seed, dir=str(run))
         plan = runner.Runner(recipe, run, seed=seed, overrides=overrides)
         for row, step in zip(summary["steps"], plan.steps, strict=True):  # as the full chain runs them
-            row["command"] = shlex.join(["mncli", *plan.settings(step, runner.option_files(step, run))])
+            row["command"] = shlex.join(["mncli", *plan.settings(step)])
         (run / "summary.json").write_text(json.dumps(summary))
         runs.append(run)
     out, picture = tmp_path / "chain.json", tmp_path / "front.png"

@@ -87,8 +87,7 @@ def test_each_recipe_parses_with_the_commands_it_names(tmp_path, name, smoke):
     assert recipe.name == name and recipe.dataset == "cifar100"
     plan = runner.Runner(recipe, tmp_path, smoke=smoke, download=not smoke)
     for step in plan.steps:
-        files = runner.option_files(step, tmp_path)
-        argv = [*plan.settings(step, files), *plan.data_options(), "--resume"]
+        argv = [*plan.settings(step), *plan.data_options(), "--resume"]
         command = commands[argv[0]]
         context = command.make_context(argv[0], argv[1:])
         assert context.params["out"] == str(tmp_path / f"{step.id}.safetensors")
@@ -342,8 +341,7 @@ def test_each_imagenet_recipe_parses_with_the_commands_it_names(tmp_path, name, 
         "smoke": {n: tmp_path / "inputs" / f"{n}.pth" for n in recipe.inputs},
     }[mode]
     for step in plan.steps:
-        files = runner.option_files(step, tmp_path)
-        argv = plan.command_line(step, files)[len(plan.mncli) :]
+        argv = plan.command_line(step)[len(plan.mncli) :]
         context = commands[argv[0]].make_context(argv[0], argv[1:])
         assert context.params["out"] == str(tmp_path / f"{step.id}.safetensors")
         if step.command == "import":
